@@ -1,0 +1,37 @@
+# The README's commands. Each one creates .venv and installs the project if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+
+.PHONY: setup repro test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the pipeline on the embedded default (params.yaml).
+repro: setup
+	$(BIN)/dvc repro
+
+## Run the test suite.
+test: setup
+	$(BIN)/pytest -q tests
+
+## Throughput measurements (not part of the tests).
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Data: sources and adapters, the manifest, normalisation, captions, shards, validation."""

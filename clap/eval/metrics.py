@@ -1,0 +1,124 @@
+"""Retrieval and classification metrics, computed the way the CLAP paper reports them.
+
+Ranks are 0-based positions in a descending sort of similarity. Ties are broken by index (a stable
+sort: among equal scores the lower index comes first), so results never depend on sort internals.
+
+Text->audio: every caption ranks all audios; R@k is the share of captions whose audio is in the top
+k; mAP@10 is the mean of 1/(rank+1) when rank < 10, else 0 (one relevant audio per caption).
+Audio->text: every audio ranks all captions; R@k uses the best-ranked of its captions; mAP@10
+averages the precision at each of its captions found in the top 10, divided by its caption count.
+Mean and median rank are 1-based.
+
+Similarities are computed chunk by chunk, so memory stays at ``chunk_size x n_items`` floats:
+100,000 audios x 500,000 captions fit in a few GB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+RECALL_KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalMetrics:
+    r1: float
+    r5: float
+    r10: float
+    map10: float
+    mean_rank: float
+    median_rank: float
+
+    def to_dict(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}{k}": float(v) for k, v in asdict(self).items()}
+
+
+def _ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank of ``targets[i]`` in row ``i`` of ``scores`` under a stable descending sort."""
+    target_scores = scores.gather(1, targets[:, None])
+    higher = (scores > target_scores).sum(dim=1)
+    index = torch.arange(scores.shape[1], device=scores.device)[None, :]
+    tied_before = ((scores == target_scores) & (index < targets[:, None])).sum(dim=1)
+    return higher + tied_before
+
+
+def _summary(best_ranks: np.ndarray, map10: float) -> RetrievalMetrics:
+    recalls = [float(np.mean(best_ranks < k)) for k in RECALL_KS]
+    return RetrievalMetrics(
+        r1=recalls[0], r5=recalls[1], r10=recalls[2], map10=float(map10),
+        mean_rank=float(np.mean(best_ranks) + 1.0),
+        median_rank=float(np.floor(np.median(best_ranks)) + 1.0),
+    )
+
+
+def text_to_audio_ranks(
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 1024
+) -> np.ndarray:
+    """0-based rank of each caption's audio among all audios."""
+    targets = torch.as_tensor(np.asarray(text_to_audio), dtype=torch.long)
+    ranks = []
+    for start in range(0, text_embeds.shape[0], chunk_size):
+        scores = text_embeds[start:start + chunk_size] @ audio_embeds.T
+        ranks.append(_ranks_of_targets(scores, targets[start:start + chunk_size].to(scores.device)).cpu())
+    return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
+
+
+def audio_to_text_ranks(
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 256
+) -> list[np.ndarray]:
+    """For each audio, the sorted 0-based ranks of all of its captions among all captions."""
+    owner = np.asarray(text_to_audio)
+    captions_of = [np.flatnonzero(owner == i) for i in range(audio_embeds.shape[0])]
+    result: list[np.ndarray] = []
+    for start in range(0, audio_embeds.shape[0], chunk_size):
+        scores = audio_embeds[start:start + chunk_size] @ text_embeds.T
+        for row, audio_index in enumerate(range(start, start + scores.shape[0])):
+            own = torch.as_tensor(captions_of[audio_index], dtype=torch.long, device=scores.device)
+            if own.numel() == 0:
+                result.append(np.zeros(0, dtype=np.int64))
+                continue
+            row_scores = scores[row].expand(own.numel(), -1)
+            result.append(np.sort(_ranks_of_targets(row_scores, own).cpu().numpy()))
+    return result
+
+
+def retrieval_metrics(
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int],
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Both directions; keys ``t2a_r1`` ... ``a2t_median_rank``. Embeddings should be L2-normalised."""
+    t2a = text_to_audio_ranks(audio_embeds, text_embeds, text_to_audio, chunk_size)
+    t2a_map10 = float(np.mean(np.where(t2a < 10, 1.0 / (t2a + 1.0), 0.0))) if len(t2a) else 0.0
+
+    a2t = audio_to_text_ranks(audio_embeds, text_embeds, text_to_audio, max(1, chunk_size // 4))
+    with_captions = [r for r in a2t if len(r)]
+    best = np.array([r[0] for r in with_captions], dtype=np.int64)
+    aps = []
+    for ranks in with_captions:
+        hits = ranks[ranks < 10]
+        aps.append(float(np.sum(np.arange(1, len(hits) + 1) / (hits + 1.0)) / len(ranks)))
+    out = _summary(t2a, t2a_map10).to_dict("t2a_")
+    out.update(_summary(best, float(np.mean(aps)) if aps else 0.0).to_dict("a2t_"))
+    return out
+
+
+def topk_accuracy(logits: torch.Tensor | np.ndarray, targets: Sequence[int], ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy for single-label classification (ties broken by class index)."""
+    scores = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    ranks = _ranks_of_targets(scores, torch.as_tensor(np.asarray(targets), dtype=torch.long)).numpy()
+    return {f"top{k}": float(np.mean(ranks < k)) for k in ks if k <= scores.shape[1]}
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-label mAP: the mean over classes (with at least one positive) of average precision."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels)
+    keep = labels.sum(axis=0) > 0
+    if not keep.any():
+        raise ValueError("mean_average_precision: no class has a positive example")
+    return float(average_precision_score(labels[:, keep], np.asarray(scores)[:, keep], average="macro"))

@@ -1,0 +1,44 @@
+"""DVC stage `train`: CLAP pre-training with Ray Train on the shards.
+
+Writes the best model (by validation mAP@10) to data/models/clap and metrics, per-step plot data and
+the loss curve to reports/train/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from clap.params import load_params
+from clap.report.writer import plot_lines, write_metrics, write_rows
+from clap.train.config import TrainConfig
+from clap.train.trainer import run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model-out", default="data/models/clap")
+    parser.add_argument("--reports", default="reports/train")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    config = TrainConfig.from_params(load_params(args.params))
+    result = run_training(config, Path(args.model_out))
+    reports = Path(args.reports)
+    write_metrics(reports / "metrics.json", {k: v for k, v in result.metrics.items() if k != "run_name"})
+    write_rows(reports / "steps.csv", result.history["steps"],
+               ["step", "epoch", "loss", "lr", "logit_scale", "samples_per_s"])
+    write_rows(reports / "val.csv", result.history["val"],
+               ["epoch", "step", "val_t2a_map10", "val_t2a_r1", "val_t2a_r10", "val_a2t_map10", "val_a2t_r1"])
+    steps = result.history["steps"]
+    plot_lines(reports / "loss.png", {"train loss": ([s["step"] for s in steps], [s["loss"] for s in steps])},
+               title=f"CLAP training loss ({result.run_name})", xlabel="step", ylabel="contrastive loss")
+    logging.getLogger(__name__).info("model written to %s; val t2a mAP@10 %.4f", result.model_dir,
+                                     result.metrics["val_t2a_map10"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

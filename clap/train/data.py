@@ -1,0 +1,145 @@
+"""Training data: WebDataset shards -> (waveform, caption) pairs -> batches for one Ray worker.
+
+Shards are split by node (Ray worker rank) and by DataLoader worker, shuffled with a buffer, and
+streamed endlessly; the trainer takes a fixed number of batches per epoch ("epochs of a fixed size",
+as in the reference). Audio is decoded here; mel features are computed by the training loop on the
+worker's device.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+#: Caption kinds a training step may draw from; keys into the shard's json.
+CAPTION_FIELDS = {
+    "original": "text",
+    "template": "text_augment_template",
+    "k2c": "text_augment_t5",
+}
+
+
+def shard_urls(shard_root: str | Path, sets: Sequence[str], split: str) -> list[str]:
+    """Shard paths of the named sets' ``split``, from ``<root>/index.json`` (written by the shards stage).
+
+    A set is a source name (``builtin_captions``) or ``source/split``.
+    """
+    root = str(shard_root).rstrip("/")
+    if root.startswith("s3://"):
+        from clap.data.s3 import read_text  # noqa: PLC0415 - optional remote index
+
+        index = json.loads(read_text(f"{root}/index.json"))
+    else:
+        index_path = Path(root) / "index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path}: shard index not found (run `dvc repro shards` first)")
+        index = json.loads(index_path.read_text())
+    urls: list[str] = []
+    for name in sets:
+        source, _, wanted_split = name.partition("/")
+        wanted_split = wanted_split or split
+        entry = index.get("sets", index).get(source)
+        if entry is None:
+            raise KeyError(f"train set '{source}' is not in {root}/index.json; known: {sorted(index.get('sets', index))}")
+        shards = entry.get(wanted_split, {}).get("shards", [])
+        urls.extend(f"{root}/{source}/{wanted_split}/{Path(s).name}" for s in shards)
+    if not urls:
+        raise ValueError(f"no shards for sets {list(sets)} split '{split}' under {root}")
+    return urls
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Raw webdataset sample -> (mono float32 waveform, metadata)."""
+    meta = json.loads(sample["json"])
+    audio, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+    return audio.mean(axis=1), meta
+
+
+def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random) -> str | None:
+    """One caption per step: an original caption when the clip has one, else an augmented one of the
+    allowed kinds (the paper's Table 3 variants); None when the clip has no usable text."""
+    for kind in kinds:
+        texts = meta.get(CAPTION_FIELDS[kind]) or []
+        if isinstance(texts, str):
+            texts = [texts]
+        if texts:
+            return rng.choice(texts)
+    return None
+
+
+@dataclass
+class TrainBatch:
+    waveforms: list[np.ndarray]
+    captions: list[str]
+    ids: list[str]
+
+
+def train_batches(
+    urls: Sequence[str], *, batch_size: int, caption_kinds: Sequence[str], shuffle_buffer: int,
+    seed: int, rank: int, world_size: int,
+) -> Iterator[TrainBatch]:
+    """Endless stream of batches for one worker; shards are split by rank."""
+    import webdataset as wds
+
+    from clap.data.s3 import register_webdataset_s3  # noqa: PLC0415
+
+    register_webdataset_s3()
+    urls = list(urls)
+    if len(urls) < world_size:  # every rank needs at least one shard
+        urls = urls * math.ceil(world_size / len(urls))
+    dataset = wds.WebDataset(
+        urls, repeat=True, shardshuffle=len(urls), detshuffle=True, seed=seed,
+        nodesplitter=wds.split_by_node, empty_check=False,
+    ).shuffle(shuffle_buffer, rng=random.Random(seed + rank))
+    rng = random.Random(seed * 1000 + rank)
+    waveforms, captions, ids = [], [], []
+    skipped = 0
+    for sample in dataset:
+        waveform, meta = decode_sample(sample)
+        caption = pick_caption(meta, caption_kinds, rng)
+        if caption is None:
+            skipped += 1
+            if skipped in (1, 100, 10000):
+                logger.warning("skipped %d clips with no caption of kinds %s", skipped, list(caption_kinds))
+            continue
+        waveforms.append(waveform)
+        captions.append(caption)
+        ids.append(meta.get("id", sample.get("__key__", "")))
+        if len(waveforms) == batch_size:
+            yield TrainBatch(waveforms, captions, ids)
+            waveforms, captions, ids = [], [], []
+
+
+def eval_pairs(urls: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[int], list[str]]:
+    """All clips of an evaluation split with every original caption: (waveforms, captions,
+    caption -> audio index, audio ids), in a deterministic order."""
+    import webdataset as wds
+
+    from clap.data.s3 import register_webdataset_s3  # noqa: PLC0415
+
+    register_webdataset_s3()
+    waveforms, captions, owner, ids = [], [], [], []
+    for sample in wds.WebDataset(list(urls), shardshuffle=False, empty_check=False, nodesplitter=None):
+        waveform, meta = decode_sample(sample)
+        texts = meta.get("text") or []
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            continue
+        for text in texts:
+            captions.append(text)
+            owner.append(len(waveforms))
+        waveforms.append(waveform)
+        ids.append(meta.get("id", sample["__key__"]))
+    return waveforms, captions, owner, ids
