@@ -37,7 +37,7 @@ def shard_urls(shard_root: str | Path, sets: Sequence[str], split: str) -> list[
     """
     root = str(shard_root).rstrip("/")
     if root.startswith("s3://"):
-        from clap.data.s3 import read_text  # noqa: PLC0415 - optional remote index
+        from clap.data.wds_s3 import read_text  # noqa: PLC0415 - optional remote index
 
         index = json.loads(read_text(f"{root}/index.json"))
     else:
@@ -53,7 +53,7 @@ def shard_urls(shard_root: str | Path, sets: Sequence[str], split: str) -> list[
         if entry is None:
             raise KeyError(f"train set '{source}' is not in {root}/index.json; known: {sorted(index.get('sets', index))}")
         shards = entry.get(wanted_split, {}).get("shards", [])
-        urls.extend(f"{root}/{source}/{wanted_split}/{Path(s).name}" for s in shards)
+        urls.extend(f"{root}/{relative}" for relative in shards)
     if not urls:
         raise ValueError(f"no shards for sets {list(sets)} split '{split}' under {root}")
     return urls
@@ -92,7 +92,7 @@ def train_batches(
     """Endless stream of batches for one worker; shards are split by rank."""
     import webdataset as wds
 
-    from clap.data.s3 import register_webdataset_s3  # noqa: PLC0415
+    from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
 
     register_webdataset_s3()
     urls = list(urls)
@@ -122,16 +122,14 @@ def train_batches(
 
 
 def eval_pairs(urls: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[int], list[str]]:
-    """All clips of an evaluation split with every original caption: (waveforms, captions,
-    caption -> audio index, audio ids), in a deterministic order."""
-    import webdataset as wds
-
-    from clap.data.s3 import register_webdataset_s3  # noqa: PLC0415
+    """All captioned clips of an evaluation split with every original caption: (waveforms, captions,
+    caption -> audio index, audio ids), in shard order."""
+    from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
+    from clap.data.shards import iter_shard_samples  # noqa: PLC0415
 
     register_webdataset_s3()
     waveforms, captions, owner, ids = [], [], [], []
-    for sample in wds.WebDataset(list(urls), shardshuffle=False, empty_check=False, nodesplitter=None):
-        waveform, meta = decode_sample(sample)
+    for clip_id, waveform, _, meta in iter_shard_samples(list(urls)):
         texts = meta.get("text") or []
         if isinstance(texts, str):
             texts = [texts]
@@ -141,5 +139,5 @@ def eval_pairs(urls: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[i
             captions.append(text)
             owner.append(len(waveforms))
         waveforms.append(waveform)
-        ids.append(meta.get("id", sample["__key__"]))
+        ids.append(clip_id)
     return waveforms, captions, owner, ids
