@@ -8,6 +8,7 @@ any machine with AWS credentials (environment, profile or instance role; endpoin
 
 from __future__ import annotations
 
+import importlib
 import io
 import threading
 from typing import IO, Any
@@ -60,9 +61,9 @@ def open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[byt
 
 
 def register_webdataset_s3() -> None:
-    import webdataset.gopen as gopen
-
-    gopen.gopen_schemes["s3"] = open_s3
+    # `webdataset.gopen` is shadowed by the function of that name in the package namespace
+    gopen_module = importlib.import_module("webdataset.gopen")
+    gopen_module.gopen_schemes["s3"] = open_s3
 
 
 def read_text(url: str) -> str:

@@ -9,6 +9,7 @@ worker's device.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -98,10 +99,15 @@ def train_batches(
     urls = list(urls)
     if len(urls) < world_size:  # every rank needs at least one shard
         urls = urls * math.ceil(world_size / len(urls))
-    dataset = wds.WebDataset(
-        urls, repeat=True, shardshuffle=len(urls), detshuffle=True, seed=seed,
-        nodesplitter=wds.split_by_node, empty_check=False,
-    ).shuffle(shuffle_buffer, rng=random.Random(seed + rank))
+
+    def endless_samples() -> Iterator[dict[str, Any]]:
+        for data_epoch in itertools.count():  # a new shard order on every pass over the data
+            yield from wds.WebDataset(
+                urls, shardshuffle=len(urls), detshuffle=True, seed=seed + data_epoch,
+                nodesplitter=wds.split_by_node, empty_check=False,
+            )
+
+    dataset = wds.filters.shuffle(shuffle_buffer, rng=random.Random(seed + rank))(endless_samples())
     rng = random.Random(seed * 1000 + rank)
     waveforms, captions, ids = [], [], []
     skipped = 0

@@ -93,6 +93,9 @@ def train_loop(config: dict[str, Any]) -> None:
     total_steps = config["epochs"] * config["steps_per_epoch"]
 
     core = build_model(config)
+    # logit_scale_t exists for checkpoint compatibility; the contrastive loss (like the reference's
+    # default) uses logit_scale_a only, and DDP rejects parameters that never receive a gradient.
+    core.logit_scale_t.requires_grad_(False)
     optimizer = torch.optim.Adam(
         [p for p in core.parameters() if p.requires_grad], lr=config["lr"], betas=tuple(config["betas"]),
         eps=config["eps"], weight_decay=config["weight_decay"],
