@@ -1,0 +1,1 @@
+"""Throughput and accuracy measurements, side by side with reference code (not part of the tests)."""

@@ -1,0 +1,46 @@
+"""DVC stage `captions`: data/manifest/normalized.jsonl -> data/manifest/captions.jsonl.
+
+    python -m clap.stages.captions [--params params.yaml]
+
+Fills each row's ``augmented`` captions (template / keyword-to-caption, de-biased) as set by the
+top-level ``caption_augmentation`` and the ``captions`` section; writes a summary to
+reports/data/captions.json. Exits 1 with a message naming the fix when the k2c model is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from clap.data.captions import CaptionConfig, CaptionError, caption_manifest
+from clap.params import ParamsError, load_params
+
+log = logging.getLogger("clap.stages.captions")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m clap.stages.captions", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--input", type=Path, default=Path("data/manifest/normalized.jsonl"))
+    parser.add_argument("--output", type=Path, default=Path("data/manifest/captions.jsonl"))
+    parser.add_argument("--report", type=Path, default=Path("reports/data/captions.json"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = CaptionConfig.from_params(load_params(args.params))
+        caption_manifest(args.input, args.output, cfg, report=args.report, progress=not args.no_progress)
+    except (CaptionError, ParamsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""DVC stage ``corpus``: write the built-in corpus (no download) described by params.yaml ``corpus``.
+
+    python -m clap.stages.corpus [--params params.yaml] [--out data/raw/builtin]
+
+The corpus is written next to the output folder first and moved into place when complete, so an
+interrupted run never leaves a half-written corpus behind; a stale corpus at ``--out`` is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from clap.data.corpus import METADATA_FILE, CorpusConfig, CorpusSummary, generate_corpus
+from clap.params import load_params
+
+log = logging.getLogger("clap.stages.corpus")
+
+DEFAULT_OUT = Path("data/raw/builtin")
+
+
+def default_out(params: dict[str, Any]) -> Path:
+    """The path of the first ``sources`` entry of kind ``builtin``, else data/raw/builtin."""
+    for source in params.get("sources") or []:
+        if isinstance(source, dict) and source.get("kind") == "builtin" and source.get("path"):
+            return Path(source["path"])
+    return DEFAULT_OUT
+
+
+def replace_corpus(out_dir: Path, config: CorpusConfig, progress: bool = True) -> CorpusSummary:
+    """Generate into ``<out_dir>.partial``, then swap it in for ``out_dir``.
+
+    A non-empty ``out_dir`` that is not a corpus (no metadata.jsonl) is left alone: deleting a
+    folder passed by mistake (``--out .``) would be far worse than refusing.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file():
+        raise FileExistsError(
+            f"{out_dir}: exists, is not empty and holds no {METADATA_FILE}, so it is not an old corpus; "
+            "pass an empty or new folder with --out, or remove it yourself"
+        )
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    summary = generate_corpus(partial, config, progress=progress)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    summary.out_dir = out_dir
+    return summary
+
+
+def log_summary(summary: CorpusSummary) -> None:
+    log.info(
+        "corpus: %d clips, %.1f min of audio, %.1f MB in %s (%.1f s)",
+        summary.clips, summary.seconds / 60.0, summary.bytes / 1e6, summary.out_dir, summary.elapsed,
+    )
+    for source, splits in sorted(summary.counts.items()):
+        log.info("  %-18s %s", source, ", ".join(f"{split} {n}" for split, n in sorted(splits.items())))
+    log.info("  formats %s; sample rates %s; channels %s; %d clips longer than 10 s",
+             summary.formats, summary.sample_rates, summary.channels, summary.long_clips)
+    log.info("  %d planted duplicates: %s", len(summary.duplicates),
+             ", ".join(f"{copy} = {original}" for copy, original in summary.duplicates))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clap.stages.corpus", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: the builtin source's path in params, else data/raw/builtin)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    config = CorpusConfig.from_params(params)
+    out_dir = args.out if args.out is not None else default_out(params)
+    log_summary(replace_corpus(out_dir, config, progress=not args.no_progress))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
