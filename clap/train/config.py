@@ -19,6 +19,7 @@ CAPTION_KINDS = {
 
 @dataclass
 class TrainConfig:
+    objective: str = "contrastive"   # or "classification" (supervised fine-tune)
     audio_encoder: str = "htsat-cpu"
     text_encoder: str = "minilm"
     fusion: bool = False
@@ -51,6 +52,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1
     log_every: int = 5
+    # supervised fine-tune (objective "classification")
+    classes: list[str] = field(default_factory=list)
+    multi_label: bool = False
+    linear_probe: bool = False
+    val_folds: list[int] | None = None   # clips of these folds are held out for validation
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -70,6 +76,13 @@ class TrainConfig:
                 f"params.yaml caption_augmentation: '{config.caption_augmentation}' is not one of {sorted(CAPTION_KINDS)}"
             )
         return config
+
+    @property
+    def val_metric(self) -> str:
+        """The validation metric that ranks checkpoints (higher is better)."""
+        if self.objective == "contrastive":
+            return "val_t2a_map10"
+        return "val_map" if self.multi_label else "val_top1"
 
     @property
     def caption_kinds(self) -> list[str]:

@@ -16,7 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -82,15 +82,16 @@ def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random)
 @dataclass
 class TrainBatch:
     waveforms: list[np.ndarray]
-    captions: list[str]
+    targets: list[Any]   # a caption (contrastive) or a label vector (classification)
     ids: list[str]
 
 
 def train_batches(
-    urls: Sequence[str], *, batch_size: int, caption_kinds: Sequence[str], shuffle_buffer: int,
+    urls: Sequence[str], *, batch_size: int, target: Callable[[dict[str, Any]], Any], shuffle_buffer: int,
     seed: int, rank: int, world_size: int,
 ) -> Iterator[TrainBatch]:
-    """Endless stream of batches for one worker; shards are split by rank."""
+    """Endless stream of batches for one worker; shards are split by rank. ``target(meta)`` gives a
+    clip's training target, or None to skip the clip (no usable caption, held-out fold...)."""
     import webdataset as wds
 
     from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
@@ -108,34 +109,39 @@ def train_batches(
             )
 
     dataset = wds.filters.shuffle(shuffle_buffer, rng=random.Random(seed + rank))(endless_samples())
-    rng = random.Random(seed * 1000 + rank)
-    waveforms, captions, ids = [], [], []
+    waveforms, targets, ids = [], [], []
     skipped = 0
     for sample in dataset:
         waveform, meta = decode_sample(sample)
-        caption = pick_caption(meta, caption_kinds, rng)
-        if caption is None:
+        value = target(meta)
+        if value is None:
             skipped += 1
-            if skipped in (1, 100, 10000):
-                logger.warning("skipped %d clips with no caption of kinds %s", skipped, list(caption_kinds))
+            if skipped in (1, 1000, 100000):
+                logger.info("skipped %d clips without a training target", skipped)
             continue
         waveforms.append(waveform)
-        captions.append(caption)
+        targets.append(value)
         ids.append(meta.get("id", sample.get("__key__", "")))
         if len(waveforms) == batch_size:
-            yield TrainBatch(waveforms, captions, ids)
-            waveforms, captions, ids = [], [], []
+            yield TrainBatch(waveforms, targets, ids)
+            waveforms, targets, ids = [], [], []
+
+
+def eval_samples(urls: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Every clip of an evaluation split as (waveform, meta), in shard order."""
+    from clap.data.shards import iter_shard_samples  # noqa: PLC0415
+    from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
+
+    register_webdataset_s3()
+    for _, waveform, _, meta in iter_shard_samples(list(urls)):
+        yield waveform, meta
 
 
 def eval_pairs(urls: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[int], list[str]]:
     """All captioned clips of an evaluation split with every original caption: (waveforms, captions,
     caption -> audio index, audio ids), in shard order."""
-    from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
-    from clap.data.shards import iter_shard_samples  # noqa: PLC0415
-
-    register_webdataset_s3()
     waveforms, captions, owner, ids = [], [], [], []
-    for clip_id, waveform, _, meta in iter_shard_samples(list(urls)):
+    for waveform, meta in eval_samples(urls):
         texts = meta.get("text") or []
         if isinstance(texts, str):
             texts = [texts]
@@ -145,5 +151,5 @@ def eval_pairs(urls: Sequence[str]) -> tuple[list[np.ndarray], list[str], list[i
             captions.append(text)
             owner.append(len(waveforms))
         waveforms.append(waveform)
-        ids.append(clip_id)
+        ids.append(meta.get("id", ""))
     return waveforms, captions, owner, ids

@@ -1,8 +1,8 @@
-"""The training loop one Ray Train worker runs: CLAP pre-training on WebDataset shards.
+"""The training loop one Ray Train worker runs, for CLAP pre-training and supervised fine-tuning.
 
-Read top to bottom: build (or resume) the model and optimiser, then for each step draw a batch,
-compute mel features on the worker, run both towers, take the contrastive loss over the global
-batch, step, clamp the temperature; validate and checkpoint at the end of every epoch.
+Read top to bottom: build (or resume) the model and optimiser, then for each step draw a batch, let
+the objective (clap.train.objectives) compute the loss on the worker's device, step the optimiser
+and the warm-up/cosine schedule; validate and checkpoint at the end of every epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ logger = logging.getLogger("clap.train")
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
 MODEL_DIR = "model"
-VAL_METRIC = "val_t2a_map10"
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -35,42 +34,26 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
+def build_clap(config: dict[str, Any]) -> torch.nn.Module:
+    """A CLAP model from presets, or from ``init_checkpoint`` (LAION .pt, transformers dir, ours)."""
     from clap.model.checkpoint import load_model
     from clap.model.model import ClapConfig, ClapModel
 
-    if config.get("init_checkpoint"):
-        model = load_model(config["init_checkpoint"])
-        if bool(model.config.fusion) != bool(config["fusion"]):
-            raise ValueError(
-                f"train.init_checkpoint {config['init_checkpoint']}: checkpoint fusion={model.config.fusion} "
-                f"but params fusion={config['fusion']}; set fusion to match the checkpoint"
-            )
-    else:
-        model = ClapModel(ClapConfig(
+    if not config.get("init_checkpoint"):
+        return ClapModel(ClapConfig(
             audio_encoder=config["audio_encoder"], text_encoder=config["text_encoder"], fusion=config["fusion"],
             freeze_audio=config["freeze_audio"], freeze_text=config["freeze_text"],
         ))
+    model = load_model(config["init_checkpoint"])
+    if bool(model.config.fusion) != bool(config["fusion"]):
+        raise ValueError(
+            f"{config['init_checkpoint']}: the checkpoint has fusion={model.config.fusion} but params say "
+            f"fusion={config['fusion']}; set fusion to match the checkpoint"
+        )
+    model.config.freeze_audio, model.config.freeze_text = config["freeze_audio"], config["freeze_text"]
+    model.audio_encoder.requires_grad_(not config["freeze_audio"])
+    model.text_encoder.requires_grad_(not config["freeze_text"])
     return model
-
-
-@torch.no_grad()
-def embed_eval_set(model: torch.nn.Module, waveforms: list, captions: list[str], fusion: bool,
-                   device: torch.device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Audio and caption embeddings of an evaluation split (deterministic features)."""
-    from clap.model.frontend import prepare_audio_features
-
-    was_training = model.training
-    model.eval()
-    audio, text = [], []
-    for start in range(0, len(waveforms), batch_size):
-        feats = prepare_audio_features(waveforms[start:start + batch_size], fusion=fusion, training=False, device=device)
-        audio.append(model.encode_audio(feats.input_features, feats.is_longer).float().cpu())
-    for start in range(0, len(captions), batch_size):
-        tokens = {k: v.to(device) for k, v in model.tokenize(captions[start:start + batch_size]).items()}
-        text.append(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().cpu())
-    model.train(was_training)
-    return torch.cat(audio), torch.cat(text)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -78,11 +61,8 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from clap.eval.metrics import retrieval_metrics
-    from clap.model.checkpoint import load_model, save_model
-    from clap.model.frontend import prepare_audio_features
-    from clap.model.loss import contrastive_loss
-    from clap.train.data import eval_pairs, train_batches
+    from clap.train.data import train_batches
+    from clap.train.objectives import OBJECTIVES
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -92,10 +72,8 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     total_steps = config["epochs"] * config["steps_per_epoch"]
 
-    core = build_model(config)
-    # logit_scale_t exists for checkpoint compatibility; the contrastive loss (like the reference's
-    # default) uses logit_scale_a only, and DDP rejects parameters that never receive a gradient.
-    core.logit_scale_t.requires_grad_(False)
+    objective = OBJECTIVES[config["objective"]](config)
+    core = objective.build()
     optimizer = torch.optim.Adam(
         [p for p in core.parameters() if p.requires_grad], lr=config["lr"], betas=tuple(config["betas"]),
         eps=config["eps"], weight_decay=config["weight_decay"],
@@ -106,7 +84,7 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume after a failure (or a re-run of the same experiment)
         with checkpoint.as_directory() as ckpt_dir:
-            core.load_state_dict(load_model(Path(ckpt_dir) / MODEL_DIR).state_dict())
+            objective.load(core, Path(ckpt_dir) / MODEL_DIR)
             state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -117,10 +95,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": True})
     batches = train_batches(
-        config["train_urls"], batch_size=config["batch_size"], caption_kinds=config["caption_kinds"],
+        config["train_urls"], batch_size=config["batch_size"], target=objective.target,
         shuffle_buffer=config["shuffle_buffer"], seed=config["seed"] + step, rank=rank, world_size=world_size,
     )
-    val_waveforms, val_captions, val_owner, _ = eval_pairs(config["val_urls"])
+    objective.load_eval()
     generator = torch.Generator().manual_seed(config["seed"] * 7919 + rank + step)
     fault = config.get("fault_injection") or {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -132,44 +110,38 @@ def train_loop(config: dict[str, Any]) -> None:
         if fault and step + 1 == fault["step"] and rank == fault.get("rank", 0) and not Path(fault["marker"]).exists():
             Path(fault["marker"]).write_text(f"failed once at step {step + 1}\n")
             raise RuntimeError(f"injected failure at step {step + 1} on rank {rank}")
-        feats = prepare_audio_features(batch.waveforms, fusion=config["fusion"], training=True,
-                                       generator=generator, device=device)
-        tokens = {k: v.to(device) for k, v in core.tokenize(batch.captions).items()}
         with autocast:
-            out = model(feats.input_features, feats.is_longer, tokens["input_ids"], tokens["attention_mask"])
-            loss = contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), out.logit_scale.float())
+            loss = objective.loss(model, core, batch.waveforms, batch.targets, device, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
         optimizer.step()
         scheduler.step()
-        core.clamp_logit_scale()
+        extra = objective.after_step(core)
         step += 1
 
-        elapsed = time.perf_counter() - started
         record = {
             "step": step, "epoch": (step - 1) // config["steps_per_epoch"] + 1, "loss": float(loss.detach()),
-            "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale_a.exp().detach()),
-            "samples_per_s": config["batch_size"] * world_size / elapsed,
+            "lr": scheduler.get_last_lr()[0], **extra,
+            "samples_per_s": config["batch_size"] * world_size / (time.perf_counter() - started),
         }
         history["steps"].append(record)
         if rank == 0 and (step % config["log_every"] == 0 or step == 1):
-            logger.info("step %d/%d loss %.4f lr %.2e scale %.2f %.1f samples/s", step, total_steps,
-                        record["loss"], record["lr"], record["logit_scale"], record["samples_per_s"])
+            logger.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, total_steps,
+                        record["loss"], record["lr"], record["samples_per_s"])
 
         if step % config["steps_per_epoch"] == 0 or step == total_steps:
-            audio_embeds, text_embeds = embed_eval_set(core, val_waveforms, val_captions, config["fusion"], device)
-            metrics = {f"val_{k}": v for k, v in retrieval_metrics(audio_embeds, text_embeds, val_owner).items()}
+            metrics = objective.evaluate(core, device)
             metrics.update(step=step, epoch=record["epoch"], loss=record["loss"])
             history["val"].append(metrics)
             if rank == 0:
-                logger.info("epoch %d: val t2a mAP@10 %.4f R@1 %.4f a2t mAP@10 %.4f", record["epoch"],
-                            metrics[VAL_METRIC], metrics["val_t2a_r1"], metrics["val_a2t_map10"])
+                logger.info("epoch %d: %s", record["epoch"], ", ".join(
+                    f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:
-                    save_model(core, Path(tmp) / MODEL_DIR)
+                    objective.save(core, Path(tmp) / MODEL_DIR)
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "step": step}, Path(tmp) / STATE_FILE)
                     (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))

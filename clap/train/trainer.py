@@ -13,7 +13,8 @@ from typing import Any
 import clap
 from clap.train.config import TrainConfig, source_fingerprint
 from clap.train.data import shard_urls
-from clap.train.loop import HISTORY_FILE, MODEL_DIR, VAL_METRIC, train_loop
+from clap.train.loop import HISTORY_FILE, MODEL_DIR, train_loop
+from clap.train.storage import ray_storage
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def loop_config(config: TrainConfig, fault_injection: dict[str, Any] | None = No
 def run_training(
     config: TrainConfig, model_out: Path, *, fault_injection: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train with Ray Train and write the best checkpoint's model (by validation mAP@10) to ``model_out``."""
+    """Train with Ray Train and write the best checkpoint's model (by ``config.val_metric``) to ``model_out``."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -73,7 +74,7 @@ def run_training(
     package_root = Path(clap.__file__).parent
     name = config.run_name(_shard_index_digest(config.shard_root),
                            source_fingerprint(package_root / "model", package_root / "train"))
-    storage = _storage_path(config.storage_path)
+    storage, storage_filesystem = ray_storage(config.storage_path)
     logger.info("Ray Train run %s (storage %s): %d steps, %d workers x batch %d", name, storage,
                 config.total_steps, config.num_workers, config.batch_size)
     init_ray(config)
@@ -85,10 +86,10 @@ def run_training(
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=VAL_METRIC,
+                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=config.val_metric,
                 checkpoint_score_order="max",
             ),
         ),
@@ -96,7 +97,7 @@ def run_training(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} finished without a checkpoint; see the log above")
-    best = result.get_best_checkpoint(metric=VAL_METRIC, mode="max") or result.checkpoint
+    best = result.get_best_checkpoint(metric=config.val_metric, mode="max") or result.checkpoint
     with result.checkpoint.as_directory() as latest_dir:
         history = json.loads((Path(latest_dir) / HISTORY_FILE).read_text())
     model_out = Path(model_out)
@@ -104,7 +105,7 @@ def run_training(
         shutil.rmtree(model_out)
     with best.as_directory() as best_dir:
         shutil.copytree(Path(best_dir) / MODEL_DIR, model_out)
-    best_val = max(history["val"], key=lambda m: m[VAL_METRIC])
+    best_val = max(history["val"], key=lambda m: m[config.val_metric])
     steps = history["steps"]
     tail = steps[-min(len(steps), 10):]
     metrics = {

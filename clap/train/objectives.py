@@ -1,0 +1,215 @@
+"""What the one trainer optimises: CLAP's contrastive objective, or supervised classification.
+
+An objective builds the model, says which target a clip gives (a caption, or a label vector), turns a
+batch into a loss, evaluates on the held-out split, and saves/loads its model. The training loop
+(clap.train.loop) is the same for both; this is the "second loss/head" of the supervised fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from clap.train.data import eval_pairs, eval_samples, pick_caption
+
+
+def _features(waveforms: Sequence[np.ndarray], fusion: bool, training: bool, device: torch.device,
+              generator: torch.Generator | None = None):
+    from clap.model.frontend import prepare_audio_features
+
+    return prepare_audio_features(list(waveforms), fusion=fusion, training=training, generator=generator, device=device)
+
+
+class ContrastiveObjective:
+    """CLAP pre-training: symmetric contrastive loss over the global batch; validated by retrieval."""
+
+    metric = "val_t2a_map10"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.rng = random.Random(config["seed"])
+
+    def build(self) -> nn.Module:
+        from clap.train.loop import build_clap
+
+        model = build_clap(self.config)
+        # logit_scale_t exists for checkpoint compatibility; the loss (like the reference's default)
+        # uses logit_scale_a only, and DDP rejects parameters that never receive a gradient.
+        model.logit_scale_t.requires_grad_(False)
+        return model
+
+    def target(self, meta: dict[str, Any]) -> str | None:
+        return pick_caption(meta, self.config["caption_kinds"], self.rng)
+
+    def loss(self, model: nn.Module, core: nn.Module, waveforms, targets, device, generator) -> torch.Tensor:
+        from clap.model.loss import contrastive_loss
+
+        feats = _features(waveforms, self.config["fusion"], True, device, generator)
+        tokens = {k: v.to(device) for k, v in core.tokenize(list(targets)).items()}
+        out = model(feats.input_features, feats.is_longer, tokens["input_ids"], tokens["attention_mask"])
+        return contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), out.logit_scale.float())
+
+    def after_step(self, core: nn.Module) -> dict[str, float]:
+        core.clamp_logit_scale()
+        return {"logit_scale": float(core.logit_scale_a.exp().detach())}
+
+    def load_eval(self) -> None:
+        waveforms, captions, owner, _ = eval_pairs(self.config["val_urls"])
+        self.eval_data = (waveforms, captions, owner)
+
+    @torch.no_grad()
+    def evaluate(self, core: nn.Module, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+        from clap.eval.metrics import retrieval_metrics
+
+        waveforms, captions, owner = self.eval_data
+        was_training = core.training
+        core.eval()
+        audio, text = [], []
+        for start in range(0, len(waveforms), batch_size):
+            feats = _features(waveforms[start:start + batch_size], self.config["fusion"], False, device)
+            audio.append(core.encode_audio(feats.input_features, feats.is_longer).float().cpu())
+        for start in range(0, len(captions), batch_size):
+            tokens = {k: v.to(device) for k, v in core.tokenize(captions[start:start + batch_size]).items()}
+            text.append(core.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().cpu())
+        core.train(was_training)
+        metrics = retrieval_metrics(torch.cat(audio), torch.cat(text), owner)
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    def save(self, core: nn.Module, directory: Path) -> None:
+        from clap.model.checkpoint import save_model
+
+        save_model(core, directory)
+
+    def load(self, core: nn.Module, directory: Path) -> None:
+        from clap.model.checkpoint import load_model
+
+        core.load_state_dict(load_model(directory).state_dict())
+
+
+class AudioClassifier(nn.Module):
+    """A CLAP audio tower with a linear classification head on its 512-d embedding."""
+
+    def __init__(self, clap: nn.Module, num_classes: int, linear_probe: bool) -> None:
+        super().__init__()
+        self.clap = clap
+        self.head = nn.Linear(clap.config.embed_dim, num_classes)
+        self.linear_probe = linear_probe
+        # the text tower plays no part in classification
+        for part in (clap.text_encoder, clap.text_projection):
+            part.requires_grad_(False)
+        clap.logit_scale_a.requires_grad_(False)
+        clap.logit_scale_t.requires_grad_(False)
+        if linear_probe:
+            clap.requires_grad_(False)
+
+    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor) -> torch.Tensor:
+        return self.head(self.clap.encode_audio(input_features, is_longer))
+
+    def train(self, mode: bool = True) -> "AudioClassifier":
+        super().train(mode)
+        if self.linear_probe:
+            self.clap.eval()  # frozen encoder: fixed batch-norm statistics, no dropout
+        return self
+
+
+class ClassificationObjective:
+    """Supervised fine-tune: single-label (cross-entropy, accuracy) or multi-label (BCE, mAP)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.classes: list[str] = list(config["classes"])
+        self.index = {label: i for i, label in enumerate(self.classes)}
+        self.multi_label = bool(config["multi_label"])
+        self.metric = "val_map" if self.multi_label else "val_top1"
+
+    def build(self) -> nn.Module:
+        from clap.train.loop import build_clap
+
+        return AudioClassifier(build_clap(self.config), len(self.classes), self.config["linear_probe"])
+
+    def _holds_out(self, meta: dict[str, Any]) -> bool:
+        folds = self.config.get("val_folds")
+        return bool(folds) and meta.get("fold") in folds
+
+    def target(self, meta: dict[str, Any]) -> np.ndarray | None:
+        if self._holds_out(meta):
+            return None
+        return self._label_vector(meta)
+
+    def _label_vector(self, meta: dict[str, Any]) -> np.ndarray | None:
+        labels = [label for label in meta.get("tag") or [] if label in self.index]
+        if not labels:
+            return None
+        vector = np.zeros(len(self.classes), dtype=np.float32)
+        vector[[self.index[label] for label in labels]] = 1.0
+        return vector
+
+    def loss(self, model, core, waveforms, targets, device, generator) -> torch.Tensor:
+        feats = _features(waveforms, self.config["fusion"], True, device, generator)
+        logits = model(feats.input_features, feats.is_longer).float()
+        target = torch.as_tensor(np.stack(targets), device=device)
+        if self.multi_label:
+            return nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return nn.functional.cross_entropy(logits, target.argmax(dim=1))
+
+    def after_step(self, core: nn.Module) -> dict[str, float]:
+        return {}
+
+    def load_eval(self) -> None:
+        folds = self.config.get("val_folds")
+        waveforms, targets = [], []
+        for waveform, meta in eval_samples(self.config["val_urls"]):
+            if folds and meta.get("fold") not in folds:
+                continue
+            vector = self._label_vector(meta)
+            if vector is not None:
+                waveforms.append(waveform)
+                targets.append(vector)
+        if not waveforms:
+            raise ValueError(f"no labelled validation clips in {self.config['val_urls']} (val_folds={folds})")
+        self.eval_data = (waveforms, np.stack(targets))
+
+    @torch.no_grad()
+    def evaluate(self, core: nn.Module, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+        from clap.eval.metrics import mean_average_precision, topk_accuracy
+
+        waveforms, targets = self.eval_data
+        was_training = core.training
+        core.eval()
+        logits = []
+        for start in range(0, len(waveforms), batch_size):
+            feats = _features(waveforms[start:start + batch_size], self.config["fusion"], False, device)
+            logits.append(core(feats.input_features, feats.is_longer).float().cpu())
+        core.train(was_training)
+        scores = torch.cat(logits).numpy()
+        metrics = {"val_map": mean_average_precision(scores, targets)}
+        if not self.multi_label:
+            metrics.update({f"val_{k}": v for k, v in topk_accuracy(scores, targets.argmax(axis=1), ks=(1, 5)).items()})
+        return metrics
+
+    def save(self, core: nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        from clap.model.checkpoint import save_model
+
+        save_model(core.clap, directory / "clap")
+        save_file({k: v.contiguous() for k, v in core.head.state_dict().items()}, str(directory / "head.safetensors"))
+        (directory / "classes.json").write_text(json.dumps(
+            {"classes": self.classes, "multi_label": self.multi_label, "linear_probe": core.linear_probe}, indent=2))
+
+    def load(self, core: nn.Module, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        from clap.model.checkpoint import load_model
+
+        core.clap.load_state_dict(load_model(directory / "clap").state_dict())
+        core.head.load_state_dict(load_file(str(directory / "head.safetensors")))
+
+
+OBJECTIVES = {"contrastive": ContrastiveObjective, "classification": ClassificationObjective}
