@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test serve report bench clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,14 @@ repro: setup
 ## Run the test suite.
 test: setup
 	$(BIN)/pytest -q tests
+
+## Serve the Prefect deployment clap/full-pipeline (starts a local server if none answers at PREFECT_API_URL).
+serve: setup
+	$(BIN)/python -m flows.serve
+
+## reports/report.md with the experiments table (`dvc exp show`).
+report: setup
+	$(BIN)/python -m clap.stages.report
 
 ## Throughput measurements (not part of the tests).
 bench: setup
