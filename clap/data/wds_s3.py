@@ -8,28 +8,65 @@ any machine with AWS credentials (environment, profile or instance role; endpoin
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
+import os
 import threading
 from typing import IO, Any
 
-from clap.data.s3 import S3Uri, explain_s3_error, make_s3_client
+from clap.data.s3 import S3AccessError, S3Uri, explain_s3_error, make_s3_client
 
+#: AWS variables that pick the endpoint or the credentials: when one changes, a new client is made.
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+)
 _lock = threading.Lock()
-_client: Any = None
+_client: tuple[str, Any] | None = None  # (digest of the AWS environment it was made for, client)
+
+
+class S3StreamError(S3AccessError):
+    """A shard or index could not be opened on S3; the message names the object's URI and the fix.
+
+    webdataset appends the failing URL to an exception's args; the message already names it, so
+    ``str()`` shows the message alone.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def s3_client() -> Any:
-    """One client per process (boto3 clients are thread-safe)."""
+    """One client per process and AWS environment (boto3 clients are thread-safe)."""
     global _client
+    # a digest, so that the secret is not kept in one more place
+    env = hashlib.sha256("\0".join(os.environ.get(name, "") for name in _CLIENT_ENV).encode()).hexdigest()
     with _lock:
-        if _client is None:
-            _client = make_s3_client()
-        return _client
+        if _client is None or _client[0] != env:
+            _client = (env, make_s3_client())
+        return _client[1]
 
 
 def _endpoint() -> str | None:
     return s3_client().meta.endpoint_url
+
+
+def _explain(exc: BaseException, uri: S3Uri) -> S3StreamError:
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    if code in ("NoSuchKey", "404"):
+        message = (
+            f"{uri}: no such object at {_endpoint()}; the shard index lists it, so the shards under this prefix are "
+            "incomplete: publish them again (shards.remote + dvc repro shards) or fix train.shard_root"
+        )
+    elif code == "NoSuchBucket":
+        message = (
+            f"{uri}: bucket '{uri.bucket}' does not exist at {_endpoint()}; fix train.shard_root or the endpoint "
+            "(AWS_ENDPOINT_URL)"
+        )
+    else:
+        message = str(explain_s3_error(exc, uri, _endpoint()))
+    return S3StreamError(message)
 
 
 class _UploadOnClose(io.BytesIO):
@@ -44,7 +81,7 @@ class _UploadOnClose(io.BytesIO):
             try:
                 s3_client().put_object(Bucket=self.uri.bucket, Key=self.uri.prefix, Body=self.getvalue())
             except Exception as exc:
-                raise explain_s3_error(exc, self.uri, _endpoint(), key=self.uri.prefix) from exc
+                raise _explain(exc, self.uri) from exc
         super().close()
 
 
@@ -56,7 +93,7 @@ def open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[byt
     try:
         body = s3_client().get_object(Bucket=uri.bucket, Key=uri.prefix)["Body"]
     except Exception as exc:
-        raise explain_s3_error(exc, uri, _endpoint(), key=uri.prefix) from exc
+        raise _explain(exc, uri) from exc
     return body
 
 

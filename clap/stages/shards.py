@@ -3,6 +3,8 @@
     python -m clap.stages.shards [--params params.yaml]
 
 Writes data/shards/<source>/<split>/NNNNNN.tar with sizes.json per folder and data/shards/index.json.
+With ``shards.remote: s3://bucket/prefix`` it then publishes that tree under the prefix (only
+changed objects move), so Ray workers anywhere can read it with ``train.shard_root`` set to the prefix.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from clap.data.remote_shards import RemoteShardsConfig, publish_shards
+from clap.data.s3 import S3AccessError
 from clap.data.shards import ShardConfig, ShardError, shard_manifest
 from clap.params import ParamsError, load_params, section
 
@@ -31,9 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        cfg = ShardConfig.from_params(section(load_params(args.params), "shards"))
+        shards_params = section(load_params(args.params), "shards")
+        remote = RemoteShardsConfig.from_params(shards_params)
+        # `remote` belongs to the publish step; the rest configures the writer
+        cfg = ShardConfig.from_params({k: v for k, v in shards_params.items() if k != "remote"})
         shard_manifest(args.input, args.out, cfg, progress=not args.no_progress)
-    except (ShardError, ParamsError, FileNotFoundError, ValueError) as exc:
+        if remote.remote:
+            publish_shards(args.out, remote.remote, progress=not args.no_progress)
+    except (ShardError, ParamsError, FileNotFoundError, ValueError, S3AccessError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 import boto3
 import pyarrow.fs
 
-from clap.data.s3 import S3AccessError, S3Uri, explain_s3_error, is_s3_uri, make_s3_client
+from clap.data.remote_shards import storage_error
+from clap.data.s3 import S3Uri, is_s3_uri, make_s3_client
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,7 @@ def check_s3_storage(uri: S3Uri) -> None:
     try:
         client.head_bucket(Bucket=uri.bucket)
     except Exception as exc:
-        error = explain_s3_error(exc, uri, endpoint)
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket"):
-            error = S3AccessError(
-                f"{uri}: bucket '{uri.bucket}' does not exist at {endpoint}; create it (aws s3 mb s3://{uri.bucket}) "
-                "or fix train.storage_path / AWS_ENDPOINT_URL"
-            )
-        raise error from exc
+        raise storage_error(exc, uri, endpoint, "train.storage_path") from exc
 
 
 def ray_storage(path: str, *, check: bool = True) -> tuple[str, pyarrow.fs.FileSystem | None]:

@@ -47,6 +47,11 @@ def _storage_path(path: str) -> str:
 
 
 def _shard_index_digest(shard_root: str) -> str:
+    """The shard index's content: re-written shards (local or published to S3) name a new run."""
+    if shard_root.startswith("s3://"):
+        from clap.data.wds_s3 import read_text
+
+        return read_text(f"{shard_root.rstrip('/')}/index.json")
     index = Path(shard_root) / "index.json"
     return index.read_text() if index.is_file() else shard_root
 
