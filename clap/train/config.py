@@ -42,6 +42,9 @@ class TrainConfig:
     freeze_audio: bool = False
     freeze_text: bool = False
     init_checkpoint: str | None = None   # a LAION .pt, a transformers CLAP dir, or one of our model dirs
+    audio_pretrained: str | None = None  # initial audio tower (AudioSet HTS-AT/PANN checkpoint, LAION .pt...)
+    text_pretrained: str | None = None   # initial text tower (transformers folder or cached hub name)
+    allow_download: bool = False         # let transformers fetch pretrained names from the hub
     # distribution and fault tolerance
     num_workers: int = 2
     use_gpu: bool = False

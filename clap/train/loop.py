@@ -43,8 +43,10 @@ def build_clap(config: dict[str, Any]) -> torch.nn.Module:
         return ClapModel(ClapConfig(
             audio_encoder=config["audio_encoder"], text_encoder=config["text_encoder"], fusion=config["fusion"],
             freeze_audio=config["freeze_audio"], freeze_text=config["freeze_text"],
+            audio_pretrained=config["audio_pretrained"], text_pretrained=config["text_pretrained"],
+            allow_download=config["allow_download"],
         ))
-    model = load_model(config["init_checkpoint"])
+    model = load_model(config["init_checkpoint"], allow_download=config["allow_download"])
     if bool(model.config.fusion) != bool(config["fusion"]):
         raise ValueError(
             f"{config['init_checkpoint']}: the checkpoint has fusion={model.config.fusion} but params say "
