@@ -18,7 +18,7 @@ from clap.data.manifest import iter_manifest
 from clap.params import load_params, section
 from clap.report.writer import write_metrics, write_rows
 from clap.train.config import TrainConfig
-from clap.train.trainer import run_training
+from clap.train.trainer import run_training, shutdown_ray
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
+    try:
+        metrics, curves = run_tasks(params, Path(args.models))
+    finally:
+        shutdown_ray()
+    write_metrics(Path(args.reports) / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
+    write_rows(Path(args.reports) / "val.csv", curves, ["task", "epoch", "step", "val_top1", "val_map"])
+    return 0
+
+
+def run_tasks(params: dict[str, Any], models: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train every task of `finetune.tasks`; flat metrics and validation curves."""
     metrics: dict[str, Any] = {}
-    curves = []
+    curves: list[dict[str, Any]] = []
     for task in section(params, "finetune")["tasks"]:
         name = task["name"]
         config = task_config(params, task)
         logger.info("fine-tune task %s: %d classes, %s, %s", name, len(config.classes),
                     "multi-label" if config.multi_label else "single-label",
                     "linear probe" if config.linear_probe else "full fine-tune")
-        result = run_training(config, Path(args.models) / name)
+        result = run_training(config, models / name)
         for key, value in result.metrics.items():
             if key.startswith("val_"):
                 metrics[f"{name}.{key[4:]}"] = value
         metrics[f"{name}.chance"] = (1.0 / len(config.classes)) if not config.multi_label else None
         curves.extend({"task": name, **row} for row in result.history["val"])
-    write_metrics(Path(args.reports) / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
-    write_rows(Path(args.reports) / "val.csv", curves, ["task", "epoch", "step", "val_top1", "val_map"])
-    return 0
+    return metrics, curves
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from clap.params import load_params
 from clap.report.writer import plot_lines, write_metrics, write_rows
 from clap.train.config import TrainConfig
-from clap.train.trainer import run_training
+from clap.train.trainer import run_training, shutdown_ray
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     config = TrainConfig.from_params(load_params(args.params))
-    result = run_training(config, Path(args.model_out))
+    try:
+        result = run_training(config, Path(args.model_out))
+    finally:
+        shutdown_ray()
     reports = Path(args.reports)
     write_metrics(reports / "metrics.json", {k: v for k, v in result.metrics.items() if k != "run_name"})
     write_rows(reports / "steps.csv", result.history["steps"],

@@ -42,6 +42,14 @@ def init_ray(config: TrainConfig) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
+def shutdown_ray() -> None:
+    """Stop the local Ray this process started (or leave the cluster), so a failed stage exits."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
@@ -65,6 +73,10 @@ def loop_config(config: TrainConfig, fault_injection: dict[str, Any] | None = No
         caption_kinds=config.caption_kinds,
         fault_injection=fault_injection,
     )
+    # Ray workers run in their own directories: hand them absolute paths to local weights
+    for key in ("init_checkpoint", "audio_pretrained", "text_pretrained"):
+        if loop.get(key) and Path(loop[key]).exists():
+            loop[key] = str(Path(loop[key]).resolve())
     return loop
 
 

@@ -1,0 +1,61 @@
+"""DVC stage `eval_retrieval`: text->audio and audio->text retrieval of a model on held-out sets.
+
+    python -m clap.stages.eval_retrieval [--params params.yaml] [--model data/models/clap]
+
+Sets are ``"<source>/<split>"`` names of the shard index (params ``eval_retrieval.sets``; ingested
+Clotho and AudioCaps sources appear as ``clotho/test`` and ``audiocaps/test``). Writes, under
+``--out`` (reports/eval): ``retrieval.json`` (flat metrics ``<source>_<split>.t2a_r1`` ... with
+chance levels), ``retrieval_recall.csv`` (recall@k, k = 1..10, per set and direction),
+``recall_at_k.png`` and ``retrieval_dropped.csv`` (clips that could not be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from clap.eval.datasets import EvalSetError
+from clap.eval.embeddings import add_model_arguments, engine_from_args
+from clap.eval.retrieval import RetrievalConfig, check_retrieval_sets, evaluate_retrieval, write_retrieval_reports
+from clap.model.checkpoint import CheckpointError
+from clap.params import ParamsError, load_params
+
+log = logging.getLogger("clap.stages.eval_retrieval")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m clap.stages.eval_retrieval", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--shards", default="data/shards", help="shard root with index.json (local or s3://)")
+    parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder")
+    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="SOURCE/SPLIT",
+                        help="evaluate this set instead of params eval_retrieval.sets (repeatable)")
+    add_model_arguments(parser, "clips per forward pass (default: params eval_retrieval.batch_size)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        config = RetrievalConfig.from_params(load_params(args.params).get("eval_retrieval"))
+        if args.sets:
+            config = dataclasses.replace(config, sets=tuple(args.sets))
+        if args.batch_size:
+            config = dataclasses.replace(config, batch_size=args.batch_size)
+        check_retrieval_sets(args.shards, config.sets)
+        engine = engine_from_args(args, config.batch_size)
+        results = evaluate_retrieval(engine, args.shards, config)
+        paths = write_retrieval_reports(results, args.out)
+    except (EvalSetError, CheckpointError, ParamsError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("wrote %s, %s and %s", paths.metrics, paths.curve, paths.figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
