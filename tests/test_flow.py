@@ -312,7 +312,9 @@ def test_serve_starts_a_local_server_when_none_answers(tmp_path: Path) -> None:
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
-    assert serve.returncode == 0, log.read_text()[-3000:]
+    # a clean stop; Prefect's runner may hand the interrupt back as SIGINT once it has cleaned up
+    assert serve.returncode in (0, -signal.SIGINT), log.read_text()[-3000:]
+    assert "stopping the Prefect server" in log.read_text()
     # the server it started is gone with it
     with pytest.raises(httpx.ConnectError):
         probe.get("health")

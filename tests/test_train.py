@@ -134,3 +134,12 @@ def test_finetune_classes_come_from_the_named_sets(tmp_path: Path) -> None:
     assert task_classes(tmp_path / "m.jsonl", ["a"]) == ["bell", "dog", "rain"]
     with pytest.raises(ValueError, match="no labelled rows"):
         task_classes(tmp_path / "m.jsonl", ["c"])
+
+
+def test_no_usable_clip_is_an_error_not_a_hang(shard_root: Path) -> None:
+    from clap.train.data import shard_urls, train_batches
+
+    urls = shard_urls(shard_root, ["toy"], "train")
+    batches = train_batches(urls, batch_size=2, target=lambda meta: None, shuffle_buffer=4, seed=0, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="has a training target"):
+        next(batches)

@@ -97,11 +97,15 @@ class HtsatAudioEncoder(nn.Module):
             if is_longer is None:
                 raise ValueError(f"audio encoder '{self.name}': a fusion model needs is_longer [batch] (bool)")
             is_longer = is_longer.reshape(-1).to(device=input_features.device, dtype=torch.bool)
-            if self.training and not bool(is_longer.any()):
+            if self.training and len(is_longer) > 1 and int(is_longer.sum()) < 2:
                 # As the reference does, train the fusion branch on every batch: with no long clip in
-                # the batch, one item (its 4 channels hold the same mel) goes through it anyway.
+                # the batch, items whose 4 channels hold the same mel go through it anyway. At least
+                # two, because the fusion block's batch norm cannot train on a single item (the
+                # reference's large batches nearly always hold several long clips).
                 is_longer = is_longer.clone()
-                is_longer[torch.randint(len(is_longer), (1,)).item()] = True
+                short = torch.nonzero(~is_longer).reshape(-1)
+                need = 2 - int(is_longer.sum())
+                is_longer[short[torch.randperm(len(short))[:need]]] = True
         out = self.htsat(input_features=input_features, is_longer=is_longer if self.fusion else None)
         return out.pooler_output
 

@@ -60,13 +60,6 @@ def shard_urls(shard_root: str | Path, sets: Sequence[str], split: str) -> list[
     return urls
 
 
-def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Raw webdataset sample -> (mono float32 waveform, metadata)."""
-    meta = json.loads(sample["json"])
-    audio, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
-    return audio.mean(axis=1), meta
-
-
 def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random) -> str | None:
     """One caption per step: an original caption when the clip has one, else an augmented one of the
     allowed kinds (the paper's Table 3 variants); None when the clip has no usable text."""
@@ -102,26 +95,37 @@ def train_batches(
         urls = urls * math.ceil(world_size / len(urls))
 
     def endless_samples() -> Iterator[dict[str, Any]]:
+        """Samples that have a training target, pass after pass; the target is chosen before the
+        shuffle buffer (which holds encoded audio only) so that a pass with none is an error."""
+        skipped = 0
         for data_epoch in itertools.count():  # a new shard order on every pass over the data
-            yield from wds.WebDataset(
+            found = 0
+            for sample in wds.WebDataset(
                 urls, shardshuffle=len(urls), detshuffle=True, seed=seed + data_epoch,
                 nodesplitter=wds.split_by_node, empty_check=False,
-            )
+            ):
+                meta = json.loads(sample["json"])
+                value = target(meta)
+                if value is None:
+                    skipped += 1
+                    if skipped in (1, 1000, 100000):
+                        logger.info("skipped %d clips without a training target", skipped)
+                    continue
+                found += 1
+                yield {"flac": sample["flac"], "meta": meta, "target": value, "__key__": sample.get("__key__", "")}
+            if found == 0:
+                raise ValueError(
+                    f"no clip in {len(urls)} shard(s) ({urls[0]} ...) has a training target on rank {rank}: "
+                    "check train_sets, caption_augmentation (label-only sets need template or k2c) and val_folds"
+                )
 
     dataset = wds.filters.shuffle(shuffle_buffer, rng=random.Random(seed + rank))(endless_samples())
     waveforms, targets, ids = [], [], []
-    skipped = 0
     for sample in dataset:
-        waveform, meta = decode_sample(sample)
-        value = target(meta)
-        if value is None:
-            skipped += 1
-            if skipped in (1, 1000, 100000):
-                logger.info("skipped %d clips without a training target", skipped)
-            continue
-        waveforms.append(waveform)
-        targets.append(value)
-        ids.append(meta.get("id", sample.get("__key__", "")))
+        audio, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+        waveforms.append(audio.mean(axis=1))
+        targets.append(sample["target"])
+        ids.append(sample["meta"].get("id", sample["__key__"]))
         if len(waveforms) == batch_size:
             yield TrainBatch(waveforms, targets, ids)
             waveforms, targets, ids = [], [], []
