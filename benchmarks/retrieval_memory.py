@@ -1,17 +1,25 @@
 """Retrieval metrics at scale, side by side: chunked (the eval stage's) vs the full similarity matrix.
 
 For growing sets of random unit vectors (dim 512, 5 captions per audio) it measures the wall time and
-the peak extra memory of ``clap.eval.metrics.retrieval_metrics`` (similarities ``chunk_size`` rows at a
-time) and of a naive version that holds the whole captions x audios matrix, where that fits in memory.
-Both must give the same metrics; the script checks that they do.
+the peak extra memory of three ways to the same numbers:
 
-    python -m benchmarks.retrieval_memory [--quick] [--chunk-size 1024] [--threads N]
+* ``chunked``: ``clap.eval.metrics.retrieval_metrics``, what the eval stage runs (similarities
+  ``chunk_size`` rows at a time; audio->text ranks one audio at a time);
+* ``batched``: the same chunks, audio->text ranked for a whole chunk of audios per tensor operation
+  (a candidate for metrics.py, to see whether the per-audio loop costs time);
+* ``naive``: one full captions x audios matrix, where that fits in memory.
+
+All must give the same metrics; the script checks that they do.
+
+    python -m benchmarks.retrieval_memory [--quick] [--sizes 1000 10000] [--methods chunked naive]
+                                          [--chunk-size 1024] [--threads N]
 
 Sizes (audios x captions): 1k x 5k, 10k x 50k, 50k x 250k (left out with --quick). Each case runs in
 its own process; peak memory is the process's resident high-water mark (VmHWM, reset after the
 embeddings are built) minus its resident size at that point, so it counts what the metrics allocate,
-not the embeddings. The naive method is skipped where its matrix would not fit in 60 % of the
-available memory.
+not the embeddings. The naive method is skipped where its matrix (and temporaries) would not fit in
+60 % of the available memory. Times of small tensor operations depend on the machine's load (idle
+OpenMP threads wait for busy cores), so compare methods within one run; the JSON records the load.
 
 Writes benchmarks/results/retrieval.json and prints a markdown table.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import time
 from pathlib import Path
@@ -146,6 +155,15 @@ def available_mb() -> float:
 METHODS = ("chunked", "batched", "naive")
 
 
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    result = {"chunk_size": args.chunk_size, "threads": args.threads, "dim": DIM,
+              "captions_per_audio": CAPTIONS_PER_AUDIO, "methods": args.methods,
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "load_average_1m": round(os.getloadavg()[0], 2), "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="leave out the largest set (50k x 250k)")
@@ -178,17 +196,15 @@ def main() -> None:
             rows.append({**base, "seconds": round(run["seconds"], 2), "peak_extra_mb": round(run["peak_extra_mb"], 1),
                          "embeddings_mb": round(run["embeddings_mb"], 1), "max_metric_diff": diff,
                          "t2a_r1": round(run["metrics"]["t2a_r1"], 4), "a2t_r1": round(run["metrics"]["a2t_r1"], 4)})
+            print(f"  {rows[-1]['seconds']} s, peak {rows[-1]['peak_extra_mb']} MB", flush=True)
+            _write(args, rows)  # after every case: a long run stopped early keeps what it measured
         first = next((r for r in rows if r["audios"] == n_audio and "seconds" in r), None)
         for r in rows:
             if r["audios"] == n_audio and "seconds" in r and first:
                 r["time_vs_first"] = round(r["seconds"] / first["seconds"], 2)
                 r["memory_vs_first"] = round(r["peak_extra_mb"] / max(first["peak_extra_mb"], 1e-6), 2)
 
-    result = {"chunk_size": args.chunk_size, "threads": args.threads, "dim": DIM,
-              "captions_per_audio": CAPTIONS_PER_AUDIO, "methods": args.methods,
-              "machine": platform.processor() or platform.machine(), "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write(args, rows)
 
     print(f"\nRetrieval metrics: chunked = clap.eval.metrics.retrieval_metrics (chunk {args.chunk_size}); batched = "
           "the same chunks, audio->text ranked per chunk; naive = one full matrix. "

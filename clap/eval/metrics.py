@@ -68,21 +68,37 @@ def text_to_audio_ranks(
 
 
 def audio_to_text_ranks(
-    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 256
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 256,
+    max_elements: int = 1 << 24,
 ) -> list[np.ndarray]:
-    """For each audio, the sorted 0-based ranks of all of its captions among all captions."""
-    owner = np.asarray(text_to_audio)
-    captions_of = [np.flatnonzero(owner == i) for i in range(audio_embeds.shape[0])]
+    """For each audio, the sorted 0-based ranks of all of its captions among all captions.
+
+    Audios are ranked a block at a time; a block's rows x captions-per-audio x all captions stays under
+    ``max_elements`` comparisons, so memory is bounded whatever the set size.
+    """
+    owner = np.asarray(text_to_audio, dtype=np.int64)
+    n_audio, n_text = audio_embeds.shape[0], text_embeds.shape[0]
+    order = np.argsort(owner, kind="stable")  # captions grouped by audio, in index order
+    bounds = np.searchsorted(owner[order], np.arange(n_audio + 1))
+    captions_of = [order[bounds[i]:bounds[i + 1]] for i in range(n_audio)]
+    per_audio = max((len(c) for c in captions_of), default=0)
+    if per_audio == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in range(n_audio)]
+    block = max(1, min(chunk_size, max_elements // max(1, per_audio * n_text)))
+    index = torch.arange(n_text, device=text_embeds.device)[None, None, :]
     result: list[np.ndarray] = []
-    for start in range(0, audio_embeds.shape[0], chunk_size):
-        scores = audio_embeds[start:start + chunk_size] @ text_embeds.T
-        for row, audio_index in enumerate(range(start, start + scores.shape[0])):
-            own = torch.as_tensor(captions_of[audio_index], dtype=torch.long, device=scores.device)
-            if own.numel() == 0:
-                result.append(np.zeros(0, dtype=np.int64))
-                continue
-            row_scores = scores[row].expand(own.numel(), -1)
-            result.append(np.sort(_ranks_of_targets(row_scores, own).cpu().numpy()))
+    for start in range(0, n_audio, block):
+        own = captions_of[start:start + block]
+        targets = torch.zeros(len(own), per_audio, dtype=torch.long, device=text_embeds.device)
+        for row, caps in enumerate(own):
+            targets[row, :len(caps)] = torch.as_tensor(caps)
+        scores = audio_embeds[start:start + block] @ text_embeds.T                 # [b, n_text]
+        target_scores = scores.gather(1, targets)[:, :, None]                      # [b, k, 1]
+        ranks = (scores[:, None, :] > target_scores).sum(-1)
+        ranks += ((scores[:, None, :] == target_scores) & (index < targets[:, :, None])).sum(-1)
+        ranks = ranks.cpu().numpy()
+        for row, caps in enumerate(own):
+            result.append(np.sort(ranks[row, :len(caps)]))
     return result
 
 
