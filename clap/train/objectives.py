@@ -65,20 +65,17 @@ class ContrastiveObjective:
 
     @torch.no_grad()
     def evaluate(self, core: nn.Module, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+        from clap.audio import SAMPLE_RATE
         from clap.eval.metrics import retrieval_metrics
+        from clap.model.inference import ClapInference
 
         waveforms, captions, owner = self.eval_data
         was_training = core.training
-        core.eval()
-        audio, text = [], []
-        for start in range(0, len(waveforms), batch_size):
-            feats = _features(waveforms[start:start + batch_size], self.config["fusion"], False, device)
-            audio.append(core.encode_audio(feats.input_features, feats.is_longer).float().cpu())
-        for start in range(0, len(captions), batch_size):
-            tokens = {k: v.to(device) for k, v in core.tokenize(captions[start:start + batch_size]).items()}
-            text.append(core.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().cpu())
+        engine = ClapInference(core, device=device, batch_size=batch_size, progress=False)  # sets eval mode
+        audio = engine.embed_audio([(waveform, SAMPLE_RATE) for waveform in waveforms])
+        text = engine.embed_text(captions)
         core.train(was_training)
-        metrics = retrieval_metrics(torch.cat(audio), torch.cat(text), owner)
+        metrics = retrieval_metrics(audio, text, owner)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     def save(self, core: nn.Module, directory: Path) -> None:
