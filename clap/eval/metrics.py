@@ -9,6 +9,13 @@ Audio->text: every audio ranks all captions; R@k uses the best-ranked of its cap
 averages the precision at each of its captions found in the top 10, divided by its caption count.
 Mean and median rank are 1-based.
 
+``a2t_map10_laion`` is the reference implementation's audio->text mAP@10 (LAION-AI/CLAP,
+``evaluate_clotho_audiocaps``): it takes an audio's caption ranks in caption order, not sorted, so
+the j-th caption found in the top 10 counts j / (rank + 1) whatever its position. That is not the
+textbook average precision (a clip whose later captions rank first can score above 1), but the
+paper's published audio->text mAP@10 figures were computed that way; compare ours with them under
+this name, and use ``a2t_map10`` for everything else.
+
 Similarities are computed chunk by chunk, so memory stays at ``chunk_size x n_items`` floats:
 100,000 audios x 500,000 captions fit in a few GB.
 """
@@ -16,7 +23,7 @@ Similarities are computed chunk by chunk, so memory stays at ``chunk_size x n_it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -69,9 +76,10 @@ def text_to_audio_ranks(
 
 def audio_to_text_ranks(
     audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 256,
-    max_elements: int = 1 << 24,
+    max_elements: int = 1 << 24, caption_order: bool = False,
 ) -> list[np.ndarray]:
-    """For each audio, the sorted 0-based ranks of all of its captions among all captions.
+    """For each audio, the 0-based ranks of all of its captions among all captions: sorted, or in
+    caption (index) order with ``caption_order``.
 
     Audios are ranked a block at a time; a block's rows x captions-per-audio x all captions stays under
     ``max_elements`` comparisons, so memory is bounded whatever the set size.
@@ -98,28 +106,72 @@ def audio_to_text_ranks(
         ranks += ((scores[:, None, :] == target_scores) & (index < targets[:, :, None])).sum(-1)
         ranks = ranks.cpu().numpy()
         for row, caps in enumerate(own):
-            result.append(np.sort(ranks[row, :len(caps)]))
+            mine = ranks[row, :len(caps)]
+            result.append(mine.copy() if caption_order else np.sort(mine))
     return result
+
+
+@dataclass
+class RetrievalRanks:
+    """Every query's ranks, computed once; metrics of the whole set or of a subset of its audios
+    (e.g. a duration bucket: the queries of those audios, still ranked against the whole set)."""
+
+    t2a: np.ndarray              # [n_text] 0-based rank of each caption's audio among all audios
+    a2t: list[np.ndarray]        # per audio: its captions' 0-based ranks among all captions, in caption order
+    text_to_audio: np.ndarray    # [n_text] the audio each caption belongs to
+
+    def metrics(self, audios: np.ndarray | None = None) -> dict[str, float]:
+        """``t2a_r1`` ... ``a2t_median_rank`` and ``a2t_map10_laion``; ``audios`` (a boolean mask or
+        indices) restricts the queries to those audios' captions (t2a) and those audios (a2t)."""
+        keep = np.ones(len(self.a2t), dtype=bool)
+        if audios is not None:
+            keep = np.zeros(len(self.a2t), dtype=bool)
+            keep[np.asarray(audios)] = True
+        t2a = self.t2a[keep[self.text_to_audio]] if len(self.t2a) else self.t2a
+        t2a_map10 = float(np.mean(np.where(t2a < 10, 1.0 / (t2a + 1.0), 0.0))) if len(t2a) else 0.0
+        chosen = [ranks for ranks, k in zip(self.a2t, keep) if k and len(ranks)]
+        best = np.array([ranks.min() for ranks in chosen], dtype=np.int64)
+        out = _summary(t2a, t2a_map10).to_dict("t2a_")
+        out.update(_summary(best, _mean(average_precision_at_10(np.sort(r)) for r in chosen)).to_dict("a2t_"))
+        out["a2t_map10_laion"] = _mean(average_precision_at_10(r) for r in chosen)
+        return out
+
+
+def average_precision_at_10(ranks: np.ndarray) -> float:
+    """One audio's AP@10 from its captions' 0-based ranks, taken in the order given: the j-th rank
+    below 10 contributes j / (rank + 1), the sum is divided by the caption count. Sorted ranks give the
+    textbook AP; ranks in caption order give the reference implementation's variant."""
+    ranks = np.asarray(ranks)
+    if len(ranks) == 0:
+        return 0.0
+    hits = ranks[ranks < 10]
+    return float(np.sum(np.arange(1, len(hits) + 1) / (hits + 1.0)) / len(ranks))
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else 0.0
+
+
+def retrieval_ranks(
+    audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int], chunk_size: int = 1024,
+) -> RetrievalRanks:
+    """Both directions' ranks (similarities in chunks of ``chunk_size`` query rows)."""
+    owner = np.asarray(text_to_audio, dtype=np.int64)
+    return RetrievalRanks(
+        t2a=text_to_audio_ranks(audio_embeds, text_embeds, owner, chunk_size),
+        a2t=audio_to_text_ranks(audio_embeds, text_embeds, owner, max(1, chunk_size // 4), caption_order=True),
+        text_to_audio=owner,
+    )
 
 
 def retrieval_metrics(
     audio_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_audio: Sequence[int],
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Both directions; keys ``t2a_r1`` ... ``a2t_median_rank``. Embeddings should be L2-normalised."""
-    t2a = text_to_audio_ranks(audio_embeds, text_embeds, text_to_audio, chunk_size)
-    t2a_map10 = float(np.mean(np.where(t2a < 10, 1.0 / (t2a + 1.0), 0.0))) if len(t2a) else 0.0
-
-    a2t = audio_to_text_ranks(audio_embeds, text_embeds, text_to_audio, max(1, chunk_size // 4))
-    with_captions = [r for r in a2t if len(r)]
-    best = np.array([r[0] for r in with_captions], dtype=np.int64)
-    aps = []
-    for ranks in with_captions:
-        hits = ranks[ranks < 10]
-        aps.append(float(np.sum(np.arange(1, len(hits) + 1) / (hits + 1.0)) / len(ranks)))
-    out = _summary(t2a, t2a_map10).to_dict("t2a_")
-    out.update(_summary(best, float(np.mean(aps)) if aps else 0.0).to_dict("a2t_"))
-    return out
+    """Both directions; keys ``t2a_r1`` ... ``a2t_median_rank`` and ``a2t_map10_laion``. Embeddings
+    should be L2-normalised."""
+    return retrieval_ranks(audio_embeds, text_embeds, text_to_audio, chunk_size).metrics()
 
 
 def topk_accuracy(logits: torch.Tensor | np.ndarray, targets: Sequence[int], ks: Sequence[int] = (1, 5)) -> dict[str, float]:

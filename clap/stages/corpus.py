@@ -2,20 +2,20 @@
 
     python -m clap.stages.corpus [--params params.yaml] [--out data/raw/builtin]
 
-The corpus is written next to the output folder first and moved into place when complete, so an
-interrupted run never leaves a half-written corpus behind; a stale corpus at ``--out`` is replaced.
+The generator is the package clap.corpus; ``write_corpus`` writes next to the output folder first and
+moves the corpus into place when complete, so an interrupted run never leaves a half-written corpus
+behind; a stale corpus at ``--out`` is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from clap.data.corpus import METADATA_FILE, CorpusConfig, CorpusSummary, generate_corpus
+from clap.corpus import CorpusConfig, CorpusSummary, write_corpus
 from clap.params import load_params
 
 log = logging.getLogger("clap.stages.corpus")
@@ -29,29 +29,6 @@ def default_out(params: dict[str, Any]) -> Path:
         if isinstance(source, dict) and source.get("kind") == "builtin" and source.get("path"):
             return Path(source["path"])
     return DEFAULT_OUT
-
-
-def replace_corpus(out_dir: Path, config: CorpusConfig, progress: bool = True) -> CorpusSummary:
-    """Generate into ``<out_dir>.partial``, then swap it in for ``out_dir``.
-
-    A non-empty ``out_dir`` that is not a corpus (no metadata.jsonl) is left alone: deleting a
-    folder passed by mistake (``--out .``) would be far worse than refusing.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file():
-        raise FileExistsError(
-            f"{out_dir}: exists, is not empty and holds no {METADATA_FILE}, so it is not an old corpus; "
-            "pass an empty or new folder with --out, or remove it yourself"
-        )
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    summary = generate_corpus(partial, config, progress=progress)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
-    summary.out_dir = out_dir
-    return summary
 
 
 def log_summary(summary: CorpusSummary) -> None:
@@ -78,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     config = CorpusConfig.from_params(params)
     out_dir = args.out if args.out is not None else default_out(params)
-    log_summary(replace_corpus(out_dir, config, progress=not args.no_progress))
+    log_summary(write_corpus(out_dir, config, progress=not args.no_progress))
     return 0
 
 

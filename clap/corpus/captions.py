@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from clap.data.corpus_sounds import CLASS_BY_NAME, EventPlan, SoundClass
+from clap.corpus.sounds import CLASS_BY_NAME, EventPlan, SoundClass
 
 #: Clips longer than this count as "long" (the fusion chunk length of the reference).
 LONG_CLIP_SECONDS = 10.0

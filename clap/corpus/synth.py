@@ -1,16 +1,14 @@
-"""Sound classes of the built-in corpus, synthesised with numpy, and the rendering of sound events.
+"""Synthesisers of the built-in corpus's sound classes and backgrounds, in numpy.
 
-Each class is a ``SoundClass``: a synthesiser plus the words captions may use for it. Synthesisers
-take ``(n, sample_rate, rng, pitch, rate)`` and return ``n`` samples; ``pitch`` and ``rate`` are
-factors around 1 (about 0.75-1.33 and 0.6-1.6) that move the sound's frequencies and its tempo.
-The classes differ in spectrum (40 Hz drones to 5 kHz chirps) and in time structure (steady,
-swept, periodic clicks, bursts), so that a small model can tell them apart.
+Synthesisers take ``(n, sample_rate, rng, pitch, rate)`` and return ``n`` float64 samples; ``pitch``
+and ``rate`` are factors around 1 (about 0.75-1.33 and 0.6-1.6) that move the sound's frequencies
+and its tempo. The classes differ in spectrum (40 Hz drones to 5 kHz chirps) and in time structure
+(steady, swept, periodic clicks, bursts), so that a small model can tell them apart.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -110,11 +108,11 @@ def _beat_times(total: float, interval: float, rng: np.random.Generator, jitter:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sound classes
+# Sound classes: one synthesiser each
 # ----------------------------------------------------------------------------------------------
 
 
-def _siren(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def siren(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     low, high = 650.0 * pitch, 1450.0 * pitch
     t = _times(n, sr)
     sweep = 0.5 - 0.5 * np.cos(2 * np.pi * t * rate / 3.2 + rng.uniform(0, 2 * np.pi))
@@ -122,7 +120,7 @@ def _siren(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float)
     return _harmonics(phase, high, sr, (1.0, 0.35, 0.15))
 
 
-def _engine(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def engine(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     f0 = 48.0 * pitch
     freq = f0 * (1.0 + 0.015 * _slow_curve(n, sr, rng, 0.5))
     phase = _phase(freq, sr)
@@ -135,7 +133,7 @@ def _engine(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float
     return drone * throb + 0.25 * rumble
 
 
-def _rain(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def rain(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     low, high = 600.0 * pitch, _clamp_freq(6000.0 * pitch, sr)
     out = 0.35 * _shaped_noise(n, sr, rng, lambda f: _band_gain(f, low, high))
     drop_len = int(0.025 * sr)
@@ -159,7 +157,7 @@ _BELL_PARTIALS = (  # (frequency ratio, amplitude, decay seconds): inharmonic, l
 )
 
 
-def _bell(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def bell(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     f0 = 440.0 * pitch
     m = min(n, int(4.0 * sr))
     t = _times(m, sr)
@@ -174,7 +172,7 @@ def _bell(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) 
     return out
 
 
-def _clock_tick(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def clock_tick(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     m = int(0.04 * sr)
     click = np.diff(rng.standard_normal(m + 1)) * _decay(m, sr, 0.001, 0.0002)
     templates = []
@@ -190,7 +188,7 @@ def _clock_tick(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: f
     return out
 
 
-def _whistle(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def whistle(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     f = _clamp_freq(3000.0 * pitch, sr, 0.38)
     t = _times(n, sr)
     phase = _phase(f * (1.0 + 0.015 * np.sin(2 * np.pi * 6.0 * t)), sr)  # vibrato
@@ -205,7 +203,7 @@ def _whistle(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: floa
     return (tone * trill + 0.12 * breath) * _gate(n, sr, blasts, 0.015)
 
 
-def _dog_bark(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def dog_bark(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     formants = [(650.0, 120.0, 1.0), (1250.0, 200.0, 0.6), (2400.0, 300.0, 0.3)]
     scale = math.sqrt(pitch)
 
@@ -236,7 +234,7 @@ def _dog_bark(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: flo
     return out
 
 
-def _drum(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def drum(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     m = min(n, int(0.6 * sr))
     t = _times(m, sr)
     body = np.sin(_phase(65.0 * pitch * (1.0 + 1.2 * np.exp(-t / 0.025)), sr)) * _decay(m, sr, 0.22, 0.001)
@@ -250,7 +248,7 @@ def _drum(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) 
     return out
 
 
-def _water_drip(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def water_drip(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     m = int(0.08 * sr)
     t = _times(m, sr)
     out = np.zeros(n)
@@ -267,14 +265,14 @@ def _water_drip(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: f
     return out
 
 
-def _wind(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def wind(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     gust = 0.5 + 0.5 * np.tanh(1.2 * _slow_curve(n, sr, rng, 0.25 * rate))
     low = _shaped_noise(n, sr, rng, lambda f: _band_gain(f, None, 300.0 * pitch))
     whoosh = _shaped_noise(n, sr, rng, lambda f: _band_gain(f, 500.0 * pitch, 1600.0 * pitch))
     return low * (0.35 + 0.65 * gust) + 0.6 * whoosh * gust**2
 
 
-def _alarm(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def alarm(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     f = _clamp_freq(2000.0 * pitch, sr, 0.4)
     square = _harmonics(_phase(np.full(n, f), sr), f, sr, [1.0 / k if k % 2 else 0.0 for k in range(1, 16)])
     beep, gap, pause = 0.1 / rate, 0.07 / rate, 0.5 / rate
@@ -287,7 +285,7 @@ def _alarm(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float)
     return square * _gate(n, sr, segments, 0.003)
 
 
-def _birds(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def birds(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     out = np.zeros(n)
     total = n / sr
     for voice in range(rng.integers(1, 3)):
@@ -308,7 +306,7 @@ def _birds(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float)
     return out
 
 
-def _crickets(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
+def crickets(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     out = np.zeros(n)
     m = int(0.014 * sr)
     total = n / sr
@@ -324,174 +322,11 @@ def _crickets(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: flo
     return out
 
 
-@dataclass(frozen=True)
-class SoundClass:
-    """One class: how it sounds (``synth``) and the words captions may use for it.
-
-    subjects: noun phrases with their grammatical number: ``a`` (singular, takes a/an), ``mass``
-    (no article, singular verb) or ``plural``. verbs: (singular form, plural form) pairs.
-    pitch_words / rate_words: adjectives / adverbs for the low|mid|high and slow|mid|fast draws.
-    """
-
-    name: str
-    label: str
-    keywords: tuple[str, ...]
-    subjects: tuple[tuple[str, str], ...]
-    verbs: tuple[tuple[str, str], ...]
-    gerunds: tuple[str, ...]
-    pitch_words: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
-    rate_words: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
-    synth: Synth
-
-
-_SLOW_FAST = (("slowly", "lazily"), ("steadily", "repeatedly"), ("rapidly", "quickly"))
-
-SOUND_CLASSES: tuple[SoundClass, ...] = (
-    SoundClass(
-        "siren", "siren", ("siren",),
-        (("siren", "a"), ("emergency siren", "a"), ("police siren", "a"), ("ambulance siren", "a")),
-        (("wails", "wail"), ("blares", "blare"), ("sweeps up and down", "sweep up and down")),
-        ("wailing", "blaring", "sounding"),
-        (("low", "deep"), ("",), ("high-pitched", "shrill")),
-        (("slowly", "in long slow sweeps"), ("steadily",), ("rapidly", "in fast sweeps")),
-        _siren,
-    ),
-    SoundClass(
-        "engine", "engine humming", ("engine", "motor"),
-        (("engine", "a"), ("car engine", "a"), ("motor", "a"), ("diesel engine", "a")),
-        (("hums", "hum"), ("idles", "idle"), ("rumbles", "rumble"), ("runs", "run")),
-        ("humming", "idling", "running", "rumbling"),
-        (("deep", "low"), ("",), ("high-revving", "whining")),
-        (("smoothly", "evenly"), ("steadily",), ("roughly", "with a rapid throb")),
-        _engine,
-    ),
-    SoundClass(
-        "rain", "rain", ("rain",),
-        (("rain", "mass"), ("rainfall", "mass"), ("rain shower", "a")),
-        (("falls", "fall"), ("patters", "patter"), ("pours down", "pour down")),
-        ("falling", "pattering", "pouring down"),
-        (("dull", "muffled"), ("",), ("crisp", "bright")),
-        (("gently", "lightly"), ("steadily",), ("heavily", "hard")),
-        _rain,
-    ),
-    SoundClass(
-        "bell", "church bell", ("bell",),
-        (("bell", "a"), ("church bell", "a"), ("bell tower", "a"), ("large bell", "a")),
-        (("rings", "ring"), ("tolls", "toll"), ("chimes", "chime")),
-        ("ringing", "tolling", "chiming"),
-        (("deep", "low"), ("",), ("high", "bright")),
-        (("slowly",), ("repeatedly", "steadily"), ("rapidly", "quickly")),
-        _bell,
-    ),
-    SoundClass(
-        "clock_tick", "clock ticking", ("clock",),
-        (("clock", "a"), ("wall clock", "a"), ("mechanical clock", "a"), ("old clock", "a")),
-        (("ticks", "tick"), ("ticks away", "tick away"), ("tick-tocks", "tick-tock")),
-        ("ticking", "ticking away", "tick-tocking"),
-        (("dull", "heavy"), ("",), ("sharp", "crisp")),
-        _SLOW_FAST,
-        _clock_tick,
-    ),
-    SoundClass(
-        "whistle", "whistle", ("whistle",),
-        (("whistle", "a"), ("referee's whistle", "a"), ("tin whistle", "a"), ("steam whistle", "a")),
-        (("blows", "blow"), ("sounds", "sound"), ("toots", "toot")),
-        ("blowing", "sounding", "tooting"),
-        (("low", "low-toned"), ("",), ("shrill", "high-pitched")),
-        (("in long blasts", "slowly"), ("in steady blasts", "repeatedly"), ("in short blasts", "rapidly")),
-        _whistle,
-    ),
-    SoundClass(
-        "dog_bark", "dog barking", ("dog", "hound"),
-        (("dog", "a"), ("guard dog", "a"), ("neighbour's dog", "a"), ("hound", "a")),
-        (("barks", "bark"), ("woofs", "woof"), ("yelps", "yelp")),
-        ("barking", "woofing", "yelping"),
-        (("big", "deep-voiced"), ("",), ("small", "high-pitched")),
-        (("now and then", "slowly"), ("repeatedly",), ("rapidly", "excitedly")),
-        _dog_bark,
-    ),
-    SoundClass(
-        "drum", "drum", ("drum",),
-        (("drum", "a"), ("bass drum", "a"), ("kick drum", "a"), ("drums", "plural")),
-        (("thumps", "thump"), ("beats", "beat"), ("booms", "boom")),
-        ("thumping", "beating", "booming"),
-        (("deep", "low"), ("",), ("tight", "high-tuned")),
-        (("slowly", "in a slow rhythm"), ("steadily", "in a steady rhythm"), ("rapidly", "in a fast rhythm")),
-        _drum,
-    ),
-    SoundClass(
-        "water_drip", "water dripping", ("water", "tap", "faucet", "drip", "drop"),
-        (("water", "mass"), ("leaky tap", "a"), ("water drops", "plural"), ("faucet", "a")),
-        (("drips", "drip"), ("plinks", "plink")),
-        ("dripping", "plinking"),
-        (("low", "dull"), ("",), ("high", "bright")),
-        (("slowly", "every so often"), ("steadily",), ("rapidly", "quickly")),
-        _water_drip,
-    ),
-    SoundClass(
-        "wind", "wind", ("wind", "breeze"),
-        (("wind", "mass"), ("breeze", "a"), ("gusty wind", "mass")),
-        (("blows", "blow"), ("howls", "howl"), ("gusts", "gust"), ("whooshes", "whoosh")),
-        ("blowing", "howling", "gusting"),
-        (("low", "rumbling"), ("",), ("thin", "airy")),
-        (("slowly", "gently"), ("steadily",), ("in quick gusts", "restlessly")),
-        _wind,
-    ),
-    SoundClass(
-        "alarm", "alarm beeping", ("alarm",),
-        (("alarm", "a"), ("alarm clock", "a"), ("smoke alarm", "a"), ("electronic alarm", "a")),
-        (("beeps", "beep"), ("bleeps", "bleep"), ("goes off", "go off")),
-        ("beeping", "bleeping", "going off"),
-        (("low", "low-pitched"), ("",), ("shrill", "high-pitched")),
-        (("slowly",), ("steadily", "repeatedly"), ("rapidly", "insistently")),
-        _alarm,
-    ),
-    SoundClass(
-        "birds", "birds chirping", ("bird",),
-        (("birds", "plural"), ("bird", "a"), ("songbird", "a"), ("small birds", "plural")),
-        (("chirps", "chirp"), ("tweets", "tweet"), ("sings", "sing")),
-        ("chirping", "tweeting", "singing"),
-        (("low", "low-voiced"), ("",), ("high", "piercing")),
-        (("slowly", "now and then"), ("steadily",), ("rapidly", "busily")),
-        _birds,
-    ),
-    SoundClass(
-        "crickets", "crickets chirping", ("cricket", "insect"),
-        (("crickets", "plural"), ("cricket", "a"), ("insects", "plural")),
-        (("chirps", "chirp"), ("trills", "trill"), ("chirrups", "chirrup")),
-        ("chirping", "trilling", "chirruping"),
-        (("low", "deep-toned"), ("",), ("high-pitched", "piercing")),
-        (("slowly", "lazily"), ("steadily",), ("rapidly", "busily")),
-        _crickets,
-    ),
-)
-
-CLASS_BY_NAME: dict[str, SoundClass] = {c.name: c for c in SOUND_CLASSES}
-
-
-def class_labels() -> list[str]:
-    """Human labels of all classes, in class order (what zero-shot prompts use)."""
-    return [c.label for c in SOUND_CLASSES]
-
-
 # ----------------------------------------------------------------------------------------------
-# Events and backgrounds
+# Backgrounds
 # ----------------------------------------------------------------------------------------------
 
 BACKGROUNDS = ("white", "brown", "hum")
-
-
-@dataclass(frozen=True)
-class EventPlan:
-    """One sound in a clip: its class, where it sits (seconds) and how it sounds."""
-
-    sound: str
-    start: float
-    length: float
-    gain_db: float  # peak level, dBFS
-    pitch: float
-    rate: float
-    pan: float  # -1 left .. 1 right (stereo files only)
 
 
 def render_background(kind: str, level_db: float, n: int, sr: int, channels: int,
@@ -510,23 +345,3 @@ def render_background(kind: str, level_db: float, n: int, sr: int, channels: int
         noise = [0.8 * common + 0.6 * _shaped_noise(n, sr, rng, tilt) for _ in range(channels)]
     out = np.stack(noise[:channels])
     return out * (10 ** (level_db / 20.0) / (np.sqrt(np.mean(out**2)) + 1e-12))
-
-
-def render_event(event: EventPlan, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` mono samples of the event's sound at its peak level, with short fades at both ends."""
-    sound = CLASS_BY_NAME[event.sound].synth(n, sr, rng, event.pitch, event.rate)
-    sound = sound / (np.abs(sound).max() + 1e-12)
-    fade = min(int(0.1 * sr), n // 5)
-    if fade > 0:
-        ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
-        sound[:fade] *= ramp
-        sound[n - fade :] *= ramp[::-1]
-    return sound * 10 ** (event.gain_db / 20.0)
-
-
-def pan_gains(pan: float, channels: int) -> np.ndarray:
-    """Per-channel gains: constant-power panning for stereo (unity in the centre), 1 for mono."""
-    if channels == 1:
-        return np.ones(1)
-    angle = (pan + 1.0) * np.pi / 4.0
-    return np.array([np.cos(angle), np.sin(angle)]) * np.sqrt(2.0)
