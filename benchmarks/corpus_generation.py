@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from clap.data.corpus import CorpusConfig, encode_audio, generate_corpus, plan_corpus, render_clip
+from clap.corpus import CorpusConfig, encode_audio, generate_corpus, plan_corpus, render_clip
 from clap.params import load_params
 
 RESULTS = Path(__file__).parent / "results"

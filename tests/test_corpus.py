@@ -16,9 +16,10 @@ import soundfile as sf
 import yaml
 
 from clap.audio import load_audio
-from clap.data.corpus import (
+from clap.corpus import (
     CLASSES_FILE,
     METADATA_FILE,
+    SOUND_CLASSES,
     SUMMARY_FILE,
     CorpusConfig,
     encode_audio,
@@ -27,7 +28,6 @@ from clap.data.corpus import (
     read_metadata,
     set_ogg_serial,
 )
-from clap.data.corpus_sounds import SOUND_CLASSES
 from clap.data.manifest import ManifestRow, sha256_file
 from clap.params import ParamsError, load_params
 from clap.stages import corpus as corpus_stage
