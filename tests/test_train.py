@@ -1,4 +1,4 @@
-"""Ray Train end to end on CPU: 2 workers, failure injection and resume, run naming, export."""
+"""Ray Train end to end on CPU: 2 workers, failure injection and resume, run identity and pruning, export."""
 
 from __future__ import annotations
 
@@ -74,22 +74,58 @@ def test_failure_resumes_from_last_checkpoint(ray_cluster, shard_root: Path, tmp
     # resumed from step 3: steps 4.. were run again after the restart, each recorded once, same total
     assert steps == list(range(1, config.total_steps + 1))
     assert result.metrics["steps"] == config.total_steps
+    assert run_dirs(tmp_path / "ray") == {result.run_name}  # one run, resumed within this execution
 
 
-def test_changed_param_starts_a_fresh_run(ray_cluster, shard_root: Path, tmp_path: Path) -> None:
+def test_each_execution_is_a_new_run_from_the_current_data(ray_cluster, tmp_path: Path) -> None:
+    """The same settings over re-written shards (same file names, other captions) train afresh;
+    a finished run is resumed only when named, and finished runs beyond keep_runs are deleted."""
+    from dataclasses import replace
+
+    from clap.model.checkpoint import load_model
+    from tests.fold_shards import write_fold_shards
+    from tests.tiny_clap import save_tiny_model
+
+    shards = write_fold_shards(tmp_path / "data", folds=2, caption="a {label}")
     storage = tmp_path / "ray"
-    first = tiny_config(shard_root, storage, epochs=1, steps_per_epoch=2)
-    same = tiny_config(shard_root, storage, epochs=1, steps_per_epoch=2)
-    changed = tiny_config(shard_root, storage, epochs=1, steps_per_epoch=2, lr=1e-3)
-    assert first.run_name("data") == same.run_name("data")
-    assert first.run_name("data") != changed.run_name("data")
+    config = tiny_config(shards, storage, val_set="toy/train", init_checkpoint=str(save_tiny_model(tmp_path / "init", False)),
+                         num_workers=1, epochs=1, steps_per_epoch=2, keep_runs=1)
+    one = run_training(config, tmp_path / "m1")
+    index = (shards / "index.json").read_text()
+    write_fold_shards(tmp_path / "data", folds=2, caption="the sound of {label} in a big hall")
+    assert (shards / "index.json").read_text() == index  # only the shards' bytes changed
+    two = run_training(config, tmp_path / "m2")
 
-    one = run_training(first, tmp_path / "m1")
-    two = run_training(changed, tmp_path / "m2")
-    assert one.run_name != two.run_name
-    assert run_dirs(storage) >= {one.run_name, two.run_name}
-    # the changed run trained from scratch: its own full history, not a continuation of the first
-    assert [s["step"] for s in two.history["steps"]] == [1, 2]
+    assert two.run_name != one.run_name
+    assert [s["step"] for s in two.history["steps"]] == [1, 2]  # from step 1, not "resumed from step 2 of 2"
+    first, second = load_model(tmp_path / "m1").state_dict(), load_model(tmp_path / "m2").state_dict()
+    assert any(not torch.equal(first[key], second[key]) for key in first)  # a model of the new captions
+    assert run_dirs(storage) == {two.run_name}  # keep_runs=1: the older finished run is gone
+
+    # continuing a run is explicit: it carries on from the named run's last checkpoint
+    three = run_training(replace(config, resume=two.run_name, epochs=2), tmp_path / "m3")
+    assert three.run_name == two.run_name
+    assert [s["step"] for s in three.history["steps"]] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="resume: no run clap-19990101T000000Z-000000"):
+        run_training(replace(config, resume="clap-19990101T000000Z-000000"), tmp_path / "m4")
+
+
+def test_prune_keeps_the_newest_finished_runs_of_a_family(tmp_path: Path) -> None:
+    from clap.train.storage import RUN_INFO_FILE, new_run_name, run_store
+
+    names = ["clap-20240101T000000Z-aaaaaa", "clap-20240102T000000Z-bbbbbb", "clap-20240103T000000Z-cccccc",
+             "clap-20240104T000000Z-dddddd", "finetune-esc-fold1-20240101T000000Z-eeeeee", "clap-by-hand"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        if name != "clap-20240104T000000Z-dddddd":  # the newest one never finished (a crashed execution)
+            (tmp_path / name / RUN_INFO_FILE).write_text("{}")
+    store = run_store(str(tmp_path))
+    assert store.prune("clap", keep=1) == ["clap-20240101T000000Z-aaaaaa", "clap-20240102T000000Z-bbbbbb"]
+    assert run_dirs(tmp_path) == {"clap-20240103T000000Z-cccccc", "clap-20240104T000000Z-dddddd",
+                                  "finetune-esc-fold1-20240101T000000Z-eeeeee", "clap-by-hand"}
+    assert store.prune("finetune-esc-fold1", keep=0) == ["finetune-esc-fold1-20240101T000000Z-eeeeee"]
+    fresh = {new_run_name("clap") for _ in range(20)}
+    assert len(fresh) == 20 and all(name.startswith("clap-") for name in fresh)
 
 
 @pytest.mark.parametrize("multi_label,linear_probe", [(False, True), (True, False)])

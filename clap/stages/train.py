@@ -30,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown_ray()
     reports = Path(args.reports)
-    write_metrics(reports / "metrics.json", {k: v for k, v in result.metrics.items() if k != "run_name"})
+    # the run's name (new every execution) is in the log and the run's folder, not in git-tracked reports
+    write_metrics(reports / "metrics.json", result.metrics)
     write_rows(reports / "steps.csv", result.history["steps"],
                ["step", "epoch", "loss", "lr", "logit_scale", "samples_per_s"])
     write_rows(reports / "val.csv", result.history["val"],
                ["epoch", "step", "val_t2a_map10", "val_t2a_r1", "val_t2a_r10", "val_a2t_map10", "val_a2t_r1"])
     steps = result.history["steps"]
     plot_lines(reports / "loss.png", {"train loss": ([s["step"] for s in steps], [s["loss"] for s in steps])},
-               title=f"CLAP training loss ({result.run_name})", xlabel="step", ylabel="contrastive loss")
+               title="CLAP training loss", xlabel="step", ylabel="contrastive loss")
     logging.getLogger(__name__).info("model written to %s; val t2a mAP@10 %.4f", result.model_dir,
                                      result.metrics["val_t2a_map10"])
     return 0

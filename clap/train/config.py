@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 #: Caption kinds per `caption_augmentation` switch (the paper's Table 3): original captions always,
@@ -38,7 +35,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float | None = None
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256            # encoded samples per loader process (data_mode: stream)
+    loader_workers: int | None = None    # decoding processes per Ray worker; None: its CPUs (cpus_per_worker), 0: in-process
+    data_mode: str = "stream"            # or "cached": decode + mel once per clip, crops in frames (clap.train.cached_data)
+    feature_cache_dtype: str = "float16"  # storage of cached training mels (data_mode: cached)
     freeze_audio: bool = False
     freeze_text: bool = False
     init_checkpoint: str | None = None   # a LAION .pt, a transformers CLAP dir, or one of our model dirs
@@ -53,13 +53,19 @@ class TrainConfig:
     ray_num_cpus: int | None = None
     storage_path: str = "data/ray"
     keep_checkpoints: int = 2
-    max_failures: int = 1
+    checkpoint_every: int | None = None  # steps between checkpoints; None: at the end of every epoch (with validation)
+    max_failures: int = 1                # restarts of a failed worker group within one execution
+    resume: str | None = None            # a run name: continue that run instead of starting a new one
+    keep_runs: int = 1                   # finished runs kept in storage_path per run family (0: none)
     log_every: int = 5
     # supervised fine-tune (objective "classification")
     classes: list[str] = field(default_factory=list)
     multi_label: bool = False
     linear_probe: bool = False
     val_folds: list[int] | None = None   # clips of these folds are held out for validation
+    val_fraction: float | None = None    # share of clips (by a hash of the clip id) held out for validation
+    test_set: str | None = None          # evaluated once with the selected checkpoint, never for selection
+    test_folds: list[int] | None = None  # clips of these folds are the test split (never trained on)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
@@ -97,23 +103,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def run_name(self, *extra: str) -> str:
-        """A name that changes whenever anything that shapes the run changes (settings, data, code),
-        so that a changed experiment never resumes an unrelated run and the same one resumes."""
-        settings = {k: v for k, v in self.to_dict().items()
-                    if k not in ("ray_address", "ray_num_cpus", "storage_path", "log_every")}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        for item in extra:
-            digest.update(item.encode())
-        return f"clap-{digest.hexdigest()[:12]}"
-
-
-def source_fingerprint(*roots: Path) -> str:
-    """Hash of the Python sources that define training, part of the run name."""
-    digest = hashlib.sha256()
-    for root in roots:
-        for path in sorted(Path(root).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()

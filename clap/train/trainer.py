@@ -1,4 +1,10 @@
-"""Driver side of training: start or join Ray, run the TorchTrainer, export the model and reports."""
+"""Driver side of training: start or join Ray, run the TorchTrainer, export the model and reports.
+
+Every call is a new Ray Train run with a fresh name, so a stage that DVC re-runs trains from its
+current inputs. Ray resumes a run only after a failure within the call (``max_failures``) or when
+``config.resume`` names one. After the export the run is marked finished and older finished runs of
+its family beyond ``keep_runs`` are deleted from the storage.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,14 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import clap
-from clap.train.config import TrainConfig, source_fingerprint
+from clap.train.config import TrainConfig
 from clap.train.data import shard_urls
 from clap.train.loop import HISTORY_FILE, MODEL_DIR, train_loop
-from clap.train.storage import ray_storage
+from clap.train.storage import RunStore, new_run_name, run_store
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +60,6 @@ def _storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _shard_index_digest(shard_root: str) -> str:
-    """The shard index's content: re-written shards (local or published to S3) name a new run."""
-    if shard_root.startswith("s3://"):
-        from clap.data.wds_s3 import read_text
-
-        return read_text(f"{shard_root.rstrip('/')}/index.json")
-    index = Path(shard_root) / "index.json"
-    return index.read_text() if index.is_file() else shard_root
-
-
 def loop_config(config: TrainConfig, fault_injection: dict[str, Any] | None = None) -> dict[str, Any]:
     root = _storage_path(config.shard_root)
     loop = config.to_dict()
@@ -80,19 +76,60 @@ def loop_config(config: TrainConfig, fault_injection: dict[str, Any] | None = No
     return loop
 
 
+def _set_name(name: str, default_split: str) -> str:
+    """``source`` -> ``source/<default split>``, as shard_urls reads a set name."""
+    source, _, split = name.partition("/")
+    return f"{source}/{split or default_split}"
+
+
+def check_splits(config: TrainConfig) -> None:
+    """Refuse a protocol whose selection or test data is also trained on, or whose test data selects."""
+    train = {_set_name(name, "train") for name in config.train_sets}
+    val = _set_name(config.val_set, "val")
+    holds_out_val = bool(config.val_folds or config.val_fraction)
+    if config.objective == "classification" and val in train and not holds_out_val:
+        raise ValueError(f"val_set {config.val_set} is also a training set: hold part of it out with "
+                         "val_folds or val_fraction, or choose another val_set")
+    if config.val_fraction is not None and not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(f"val_fraction {config.val_fraction}: expected a share between 0 and 1, e.g. 0.2")
+    if not config.test_set:
+        return
+    test = _set_name(config.test_set, "test")
+    if test in train and not config.test_folds:
+        raise ValueError(f"test_set {config.test_set} is also a training set: name its test_folds or choose another test_set")
+    if test == val:
+        if not (config.test_folds and config.val_folds) or set(config.test_folds) & set(config.val_folds):
+            raise ValueError(f"test_set and val_set are both {config.test_set}: give them disjoint "
+                             f"test_folds and val_folds (now {config.test_folds} and {config.val_folds})")
+
+
+def run_name_for(config: TrainConfig, store: RunStore, family: str) -> str:
+    """A fresh name, or the run the user asked to continue (which must exist)."""
+    if not config.resume:
+        return new_run_name(family)
+    if not store.has_run(config.resume):
+        known = ", ".join(store.run_names()) or "none"
+        raise ValueError(f"resume: no run {config.resume} in {store.uri} (runs there: {known}); "
+                         "set resume to one of them or to null for a new run")
+    return config.resume
+
+
 def run_training(
-    config: TrainConfig, model_out: Path, *, fault_injection: dict[str, Any] | None = None,
+    config: TrainConfig, model_out: Path, *, run_family: str = "clap",
+    fault_injection: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train with Ray Train and write the best checkpoint's model (by ``config.val_metric``) to ``model_out``."""
+    """Train with Ray Train and write the best checkpoint's model (by ``config.val_metric``) to
+    ``model_out``; with ``config.test_set``, evaluate that model once on the test split."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    check_splits(config)
     loop = loop_config(config, fault_injection)
-    package_root = Path(clap.__file__).parent
-    name = config.run_name(_shard_index_digest(config.shard_root),
-                           source_fingerprint(package_root / "model", package_root / "train"))
-    storage, storage_filesystem = ray_storage(config.storage_path)
-    logger.info("Ray Train run %s (storage %s): %d steps, %d workers x batch %d", name, storage,
+    store = run_store(config.storage_path)
+    name = run_name_for(config, store, run_family)
+    started = datetime.now(timezone.utc)
+    logger.info("Ray Train run %s (%s; storage %s): %d steps, %d workers x batch %d", name,
+                "continued as asked by resume" if config.resume else "new", store.uri,
                 config.total_steps, config.num_workers, config.batch_size)
     init_ray(config)
     trainer = TorchTrainer(
@@ -103,7 +140,7 @@ def run_training(
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage, storage_filesystem=storage_filesystem,
+            name=name, storage_path=store.ray_path, storage_filesystem=store.ray_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=config.val_metric,
@@ -126,11 +163,39 @@ def run_training(
     steps = history["steps"]
     tail = steps[-min(len(steps), 10):]
     metrics = {
-        "run_name": name,
         "steps": steps[-1]["step"] if steps else 0,
         "final_loss": steps[-1]["loss"] if steps else None,
         "mean_samples_per_s": sum(s["samples_per_s"] for s in tail) / max(1, len(tail)),
         "best_step": best_val["step"],
         **{k: v for k, v in best_val.items() if k.startswith("val_")},
     }
+    if config.test_set:
+        metrics.update(evaluate_test_split(config, model_out))
+    store.write_info(name, {
+        "run": name, "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": str(model_out.resolve()),
+        "steps": metrics["steps"], "best_step": metrics["best_step"], "resumed": bool(config.resume),
+    })
+    logger.info("run %s finished: best step %d, model exported to %s", name, metrics["best_step"], model_out)
+    store.prune(run_family, config.keep_runs)
     return TrainResult(name, model_out, metrics, history)
+
+
+def evaluate_test_split(config: TrainConfig, model_dir: Path) -> dict[str, float]:
+    """The exported model on ``config.test_set`` (``test_folds``), once, after selection:
+    the objective's validation metrics renamed ``test_*``."""
+    import torch
+
+    from clap.train.objectives import OBJECTIVES
+
+    settings = loop_config(config)
+    settings.update(val_set=config.test_set, val_urls=shard_urls(_storage_path(config.shard_root), [config.test_set], "test"),
+                    val_folds=config.test_folds, val_fraction=None, test_set=None, test_folds=None)
+    objective = OBJECTIVES[config.objective](settings)
+    core = objective.build()
+    objective.load(core, model_dir)
+    objective.load_eval()
+    device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+    metrics = objective.evaluate(core.to(device), device)
+    logger.info("test %s: %s", config.test_set, ", ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items()))
+    return {f"test_{key[len('val_'):]}": value for key, value in metrics.items()}
