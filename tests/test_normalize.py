@@ -18,6 +18,7 @@ from clap.data.manifest import ManifestRow, read_manifest, write_manifest
 from clap.data.normalize import (
     ClipResult,
     NormalizeConfig,
+    QUARANTINE_COLUMNS,
     NormalizeOutputs,
     normalize_expectations,
     normalize_clip,
@@ -143,7 +144,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
 def quarantine_rows(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and list(rows[0]) == ["id", "path", "reason"]
+    assert rows and list(rows[0]) == list(QUARANTINE_COLUMNS)
     return {r["id"]: r for r in rows}
 
 
@@ -154,6 +155,8 @@ def test_each_kind_of_bad_input_is_quarantined_with_its_reason(run) -> None:
     for name, (code, words) in BAD.items():
         assert words in quarantined[f"test/{name}"]["reason"], (name, quarantined[f"test/{name}"])
         assert quarantined[f"test/{name}"]["path"].endswith(f"{name}.wav")
+        assert (quarantined[f"test/{name}"]["code"], quarantined[f"test/{name}"]["source"]) == (code, "test")
+        assert quarantined[f"test/{name}"]["split"] == "train"
     assert summary.quarantined_by_reason == {code: 1 for code, _ in BAD.values()}
     # nothing valid dropped, nothing bad kept
     assert set(rows) == {f"test/{name}" for name in GOOD}
@@ -292,3 +295,92 @@ def test_quarantine_rerun_replaces_its_rows_and_keeps_others(tmp_path: Path) -> 
         write_quarantine(bad, csv_path, ["test/a"])
     rows = quarantine_rows(csv_path)
     assert list(rows) == ["other/x", "test/a"]
+
+
+# --- short clips kept, long files rejected from the header, re-encoded eval copies dropped --------
+
+
+def test_short_clips_are_kept_by_default_and_min_duration_is_opt_in(tmp_path: Path) -> None:
+    defaults = NormalizeConfig.from_params(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+                                           ["normalize"])
+    assert defaults.min_duration is None
+    rows = []
+    for name, seconds, sr in (("blip", 0.2, 44100), ("click", 0.01, 16000), ("one_sample", 1 / 48000, 48000)):
+        path = tmp_path / f"{name}.wav"
+        sf.write(str(path), tone(seconds, sr) + np.float32(0.1), sr)  # + 0.1: the one sample is not silent
+        rows.append(ManifestRow(id=f"test/{name}", source="test", split="test", path=str(path)))
+    for row in rows:
+        result = normalize_clip(row, tmp_path / "out" / f"{row.id}.flac", replace(defaults, workers=1))
+        assert result.ok, (row.id, result.reason)
+        assert result.row is not None and result.row.duration == pytest.approx(sf.info(row.path).duration, abs=1e-4)
+    opt_in = normalize_clip(rows[0], tmp_path / "x.flac", replace(defaults, min_duration=0.5))
+    assert opt_in.reason_code == "too_short" and "normalize.min_duration (0.5 s)" in opt_in.reason
+
+
+def write_sparse_wav(path: Path, seconds: float, sample_rate: int = 48000, channels: int = 2) -> int:
+    """A valid 16-bit PCM WAV of ``seconds`` of silence that takes no disk space (a sparse file)."""
+    import struct
+
+    data_bytes = int(seconds * sample_rate) * channels * 2
+    block = channels * 2
+    header = (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+              + b"data" + struct.pack("<I", data_bytes))
+    with path.open("wb") as fh:
+        fh.write(header)
+        fh.truncate(len(header) + data_bytes)
+    return data_bytes
+
+
+def test_an_hour_long_file_is_rejected_from_its_header_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    import clap.data.normalize as normalize_module
+
+    long_wav = tmp_path / "hour.wav"
+    assert write_sparse_wav(long_wav, 3600.0) > 600_000_000  # 691 MB of samples on paper
+    assert sf.info(str(long_wav)).duration == pytest.approx(3600.0)
+
+    def no_decoding(path: object) -> None:
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr(normalize_module, "load_audio", no_decoding)
+    row = ManifestRow(id="test/hour", source="test", split="train", path=str(long_wav))
+    tracemalloc.start()
+    try:
+        result = normalize_clip(row, tmp_path / "hour.flac", replace(CFG, max_duration=120.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.reason_code == "too_long"
+    assert result.reason == ("too long: 3600.000 s (from the file header; not decoded) is above "
+                             "normalize.max_duration (120 s)")
+    assert peak < 10_000_000 and not (tmp_path / "hour.flac").exists()
+
+
+def test_a_lossless_reencode_of_an_eval_clip_is_dropped_from_training(tmp_path: Path) -> None:
+    # int16 samples, so both encodings hold exactly the same audio (libsndfile's float -> int16 differs by format)
+    samples = np.round(tone(1.0, 44100) * np.linspace(0.2, 1.0, 44100) * 32767).astype(np.int16)
+    files = {"eval_wav": ("test", "wav"), "train_flac": ("train", "flac"), "train_other": ("train", "wav")}
+    rows = []
+    for name, (split, ext) in files.items():
+        path = tmp_path / "raw" / f"{name}.{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), samples if name != "train_other" else samples // 2, 44100, subtype="PCM_16")
+        rows.append(ManifestRow(id=f"set/{name}", source="set", split=split, path=str(path), captions=["x"]))
+    assert Path(rows[0].path).read_bytes() != Path(rows[1].path).read_bytes()  # ingest's file hash misses it
+    assert np.array_equal(sf.read(rows[0].path, dtype="int16")[0], sf.read(rows[1].path, dtype="int16")[0])
+    write_manifest(rows, tmp_path / "ingest.jsonl")
+    outputs = outputs_under(tmp_path)
+    summary = normalize_manifest(tmp_path / "ingest.jsonl", outputs, replace(CFG, workers=1), progress=False)
+    kept = {r.id for r in read_manifest(outputs.manifest)}
+    assert kept == {"set/eval_wav", "set/train_other"} and summary.overlap_dropped == 1 and summary.quarantined == 0
+    assert not (outputs.audio_root / "set" / "train" / "train_flac.flac").exists()
+    assert outputs.overlaps_csv == tmp_path / "reports" / "overlaps_audio.csv"
+    with outputs.overlaps_csv.open(newline="") as fh:
+        matches = list(csv.DictReader(fh))
+    assert [(m["id"], m["eval_id"], m["code"]) for m in matches] == [("set/train_flac", "set/eval_wav", "same_audio")]
+    assert matches[0]["reason"] == "the same decoded audio (48 kHz int16 samples) as evaluation clip set/eval_wav (test)"
+    assert json.loads(outputs.report.read_text())["overlap_dropped"] == 1

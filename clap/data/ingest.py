@@ -2,9 +2,11 @@
 
 For each source in params.yaml: mirror it from S3 when its path is an ``s3://`` URI, read its
 layout with the adapter of its kind, then for every row read the audio header (duration, sample
-rate, channels) and hash the file. Train rows whose audio bytes equal those of any val/test row
-(any source) are dropped from training, as in the paper. The result is validated with GX before
-the manifest is written.
+rate, channels) and hash the file. Train rows that overlap any val/test row (any source) are dropped
+from training, as in the paper: the same file bytes, or the same Freesound or YouTube id where the
+native layouts carry one (:mod:`clap.data.overlap`); every match is a line of
+``reports/data/overlaps.csv``. (Re-encoded copies are caught after decoding, by normalize.) The
+result is validated with GX before the manifest is written.
 
 A file whose header cannot be read is kept with duration 0 (normalize quarantines it with the
 reason); a file that does not exist fails validation, unless its source says ``on_missing: skip``,
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 
 from clap.audio import AudioDecodeError, audio_info
 from clap.data.manifest import EVAL_SPLITS, KNOWN_SPLITS, TRAIN_SPLITS, ManifestRow, sha256_file, write_manifest
+from clap.data.overlap import OverlapMatch, dropped_ids, find_overlaps, write_overlaps
 from clap.data.s3 import MirrorResult, S3Settings, is_s3_uri, mirror_prefix
 from clap.data.sources import AdapterContext, SourceSpec, parse_sources, read_source
 from clap.data.validation import DataValidationError, ValidationReport, validate_dataframe
@@ -67,6 +70,11 @@ class IngestOutputs:
     manifest: Path = Path("data/manifest/ingest.jsonl")
     report: Path = Path("reports/data/ingest.json")
     gx_dir: Path = Path("reports/data/gx/ingest")
+    overlaps: Path | None = None  # every overlap match; None: overlaps.csv beside the report
+
+    @property
+    def overlaps_csv(self) -> Path:
+        return self.overlaps if self.overlaps is not None else self.report.parent / "overlaps.csv"
 
 
 @dataclass
@@ -75,13 +83,15 @@ class SourceResult:
     rows: list[ManifestRow]
     missing_skipped: list[str] = field(default_factory=list)
     mirror: MirrorResult | None = None
+    origins: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> freesound:/youtube: keys
 
 
 @dataclass
 class OverlapExclusion:
     kept: list[ManifestRow]
-    dropped: dict[str, str]  # train id -> the eval id with the same audio bytes
+    dropped: dict[str, str]  # train id -> the first eval id it matched
     dropped_rows: list[ManifestRow] = field(default_factory=list)
+    matches: list[OverlapMatch] = field(default_factory=list)  # every (train, eval, reason) match
 
 
 @dataclass
@@ -109,7 +119,8 @@ def read_sources(config: IngestConfig) -> list[SourceResult]:
             )
             root = mirror.local_dir
         rows = read_source(root, spec, ctx)
-        result = SourceResult(spec=spec, rows=rows, mirror=mirror)
+        origins = {row.id: ctx.origins[row.id] for row in rows if row.id in ctx.origins}
+        result = SourceResult(spec=spec, rows=rows, mirror=mirror, origins=origins)
         missing = [row for row in rows if not Path(row.path).is_file()]
         if missing and spec.options.get("on_missing", "fail") == "skip":
             gone = {row.id for row in missing}
@@ -156,21 +167,26 @@ def describe_audio(rows: list[ManifestRow], workers: int = 4, progress: bool = T
     return unreadable
 
 
-def exclude_overlap(rows: list[ManifestRow]) -> OverlapExclusion:
-    """Drop train rows whose audio bytes (sha256) equal those of any val/test row, from any source."""
-    eval_by_hash: dict[str, str] = {}
-    for row in sorted(rows, key=lambda r: r.id):
-        if row.split in EVAL_SPLITS and row.sha256:
-            eval_by_hash.setdefault(row.sha256, row.id)
-    kept, dropped, dropped_rows = [], {}, []
-    for row in rows:
-        match = eval_by_hash.get(row.sha256) if row.split in TRAIN_SPLITS and row.sha256 else None
-        if match:
-            dropped[row.id] = match
-            dropped_rows.append(row)
-        else:
-            kept.append(row)
-    return OverlapExclusion(kept=kept, dropped=dict(sorted(dropped.items())), dropped_rows=dropped_rows)
+def exclude_overlap(rows: list[ManifestRow], origins: Mapping[str, tuple[str, ...]] | None = None) -> OverlapExclusion:
+    """Drop train rows that share, with any val/test row of any source, their file bytes (sha256) or an
+    origin key (``freesound:<id>``, ``youtube:<id>``, from ``origins``: row id -> keys)."""
+    origins = origins or {}
+
+    def keys(row: ManifestRow) -> list[tuple[str, str]]:
+        found = [("same_file", row.sha256)] if row.sha256 else []
+        return found + [(f"{key.partition(':')[0]}_id", key) for key in origins.get(row.id, ())]
+
+    matches = find_overlaps(rows, keys)
+    gone = dropped_ids(matches)
+    dropped: dict[str, str] = {}
+    for match in matches:
+        dropped.setdefault(match.train.id, match.eval.id)
+    return OverlapExclusion(
+        kept=[r for r in rows if r.id not in gone],
+        dropped=dict(sorted(dropped.items())),
+        dropped_rows=[r for r in rows if r.id in gone],
+        matches=matches,
+    )
 
 
 def validation_frame(rows: list[ManifestRow]) -> Any:
@@ -225,6 +241,7 @@ def build_report(
     for row in rows:
         counts[row.source][row.split] += 1
     dropped_by_source: Counter = Counter(r.source for r in overlap.dropped_rows)
+    matches_by_reason: Counter = Counter(m.code for m in overlap.matches)
     return {
         "rows": len(rows),
         "hours": round(sum(r.duration for r in rows) / 3600.0, 4),
@@ -232,6 +249,7 @@ def build_report(
         "overlap": {
             "dropped": len(overlap.dropped),
             "dropped_by_source": dict(sorted(dropped_by_source.items())),
+            "matches_by_reason": dict(sorted(matches_by_reason.items())),
             "ids": _listed(list(overlap.dropped)),
             "matches": dict(list(overlap.dropped.items())[:MAX_LISTED_IDS]),
         },
@@ -274,11 +292,13 @@ def run_ingest(config: IngestConfig, outputs: IngestOutputs | None = None) -> In
     log.info("read %d clips from %d source(s); reading headers and hashing", len(rows), len(sources))
     unreadable = describe_audio(rows, config.workers, config.progress)
 
-    overlap = exclude_overlap(rows)
+    overlap = exclude_overlap(rows, {i: k for source in sources for i, k in source.origins.items()})
+    write_overlaps(overlap.matches, outputs.overlaps_csv)
     if overlap.dropped:
         log.warning(
-            "dropped %d train clip(s) whose audio is also in val/test: %s",
-            len(overlap.dropped), ", ".join(f"{t} (= {e})" for t, e in list(overlap.dropped.items())[:10]),
+            "dropped %d train clip(s) that are also in val/test (every match and its reason: %s): %s",
+            len(overlap.dropped), outputs.overlaps_csv,
+            ", ".join(f"{m.train.id} ({m.code} {m.eval.id})" for m in overlap.matches[:10]),
         )
     rows = overlap.kept
 

@@ -6,8 +6,14 @@ One input row -> one of two outcomes, decided by :func:`normalize_clip`:
   ``torchaudio.functional.resample``, quantised to int16 (x32768, round, clip) and written
   as FLAC to ``<audio_root>/<source>/<split>/<clip>.flac``; the manifest row gets the new path,
   duration, sample rate and channel count.
-* quarantined: missing, empty, undecodable, zero samples, non-finite samples, silent, or outside the
-  duration limits. The row lands in the quarantine CSV with a sentence saying why; nothing else drops.
+* quarantined: missing, empty, undecodable, zero samples, non-finite samples, silent, or longer than
+  ``max_duration`` (checked on the file header first, so a file far too long is never decoded).
+  Short clips are valid data (the model's front-end repeat-pads them, as the reference does); a
+  ``min_duration`` is opt-in (default null). The row lands in the quarantine CSV
+  (:data:`QUARANTINE_COLUMNS`) with its reason code and a sentence saying why.
+* dropped as overlap: a train clip whose decoded 48 kHz int16 samples equal those of a val/test
+  clip (a lossless re-encode of an evaluation clip: :mod:`clap.data.overlap`, code ``same_audio``);
+  each match is a line of the audio overlaps CSV.
 
 The run as a whole (:func:`normalize_manifest`) fans the clips out over a process pool, writes a
 report and fails only when the share of bad inputs exceeds ``max_bad_fraction``. Output bytes depend
@@ -40,12 +46,16 @@ from tqdm import tqdm
 
 from clap.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
 from clap.data.manifest import ManifestRow, read_manifest, write_manifest
+from clap.data.normalize_checks import normalize_expectations, validation_frame
+from clap.data.overlap import OverlapMatch, dropped_ids, find_overlaps, write_overlaps
 
 log = logging.getLogger(__name__)
 
 #: Quarantine reason codes, in the order checks run. The CSV carries the sentence; reports count codes.
 REASONS = ("missing", "empty", "undecodable", "no_samples", "non_finite", "too_short", "too_long", "silent")
-QUARANTINE_COLUMNS = ("id", "path", "reason")
+QUARANTINE_COLUMNS = ("id", "source", "split", "path", "code", "reason")
+#: A header may overstate the length a little (MP3 estimates); the decoded length decides near the limit.
+HEADER_SLACK_S = 1.0
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_NAME = 80
@@ -60,7 +70,7 @@ class NormalizeConfig:
     """The ``normalize`` section of params.yaml."""
 
     sample_rate: int = SAMPLE_RATE
-    min_duration: float = 0.5
+    min_duration: float | None = None  # opt-in; short clips are repeat-padded at feature time
     max_duration: float = 120.0
     silence_threshold: float = 1.0e-4
     max_bad_fraction: float = 0.1
@@ -73,9 +83,10 @@ class NormalizeConfig:
         if unknown:
             raise ValueError(f"params.yaml normalize: unknown keys {sorted(unknown)} (known: {sorted(known)})")
         cfg = cls(**section)
-        if cfg.min_duration < 0 or cfg.max_duration <= cfg.min_duration:
+        low = cfg.min_duration if cfg.min_duration is not None else 0.0
+        if low < 0 or cfg.max_duration <= low:
             raise ValueError(
-                f"params.yaml normalize: need 0 <= min_duration < max_duration, got "
+                f"params.yaml normalize: need 0 <= min_duration < max_duration (min_duration may be null), got "
                 f"{cfg.min_duration} and {cfg.max_duration}"
             )
         if not 0.0 <= cfg.max_bad_fraction <= 1.0:
@@ -89,6 +100,8 @@ class ClipResult:
 
     id: str
     source_path: str
+    source: str = ""
+    split: str = ""
     row: ManifestRow | None = None  # the updated row when written
     reason_code: str = ""           # one of REASONS when quarantined
     reason: str = ""                # the human sentence for the quarantine file
@@ -96,6 +109,7 @@ class ClipResult:
     peak: float = 0.0               # peak amplitude of the mono mix before quantisation
     clipped_samples: int = 0        # samples beyond [-1, 1] clipped at quantisation
     cpu_seconds: float = 0.0        # CPU time the clip took in its worker (for throughput figures)
+    pcm_sha256: str = ""            # sha256 of the written int16 samples (overlap by decoded audio)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +123,7 @@ class NormalizeSummary:
     inputs: int
     written: int
     quarantined_by_reason: dict[str, int]
+    overlap_dropped: int
     hours: float
     clipped_samples: int
     max_bad_fraction: float
@@ -121,12 +136,14 @@ class NormalizeSummary:
 
     @property
     def bad_fraction(self) -> float:
+        """Quarantined share of the inputs (overlap drops are not bad input)."""
         return self.quarantined / self.inputs if self.inputs else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "inputs": self.inputs,
             "written": self.written,
+            "overlap_dropped": self.overlap_dropped,
             "quarantined": self.quarantined,
             "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
             "bad_fraction": round(self.bad_fraction, 6),
@@ -170,7 +187,9 @@ def output_path(row: ManifestRow, audio_root: Path) -> Path:
 
 
 def _quarantine(row: ManifestRow, code: str, reason: str, **extra: Any) -> ClipResult:
-    return ClipResult(id=row.id, source_path=row.path, reason_code=code, reason=reason, **extra)
+    return ClipResult(
+        id=row.id, source_path=row.path, source=row.source, split=row.split, reason_code=code, reason=reason, **extra
+    )
 
 
 def to_pcm16(mono: np.ndarray) -> tuple[np.ndarray, int]:
@@ -204,6 +223,15 @@ def normalize_clip(row: ManifestRow, out_path: Path, cfg: NormalizeConfig) -> Cl
     if src.stat().st_size == 0:
         return _quarantine(row, "empty", "empty file (0 bytes)")
     try:
+        header_seconds, _, _ = audio_info(src)  # the header only: nothing is decoded yet
+    except AudioDecodeError as exc:
+        return _quarantine(row, "undecodable", f"not a readable audio file ({exc.__cause__ or exc})")
+    if header_seconds > cfg.max_duration + HEADER_SLACK_S:
+        return _quarantine(
+            row, "too_long", f"too long: {header_seconds:.3f} s (from the file header; not decoded) is above "
+            f"normalize.max_duration ({cfg.max_duration:g} s)"
+        )
+    try:
         samples, sr = load_audio(src)
     except AudioDecodeError as exc:
         return _quarantine(row, "undecodable", f"not a readable audio file ({exc.__cause__ or exc})")
@@ -216,7 +244,7 @@ def normalize_clip(row: ManifestRow, out_path: Path, cfg: NormalizeConfig) -> Cl
             row, "non_finite", f"{bad} of {samples.size} samples are not finite (NaN or infinity)", finite=False
         )
     duration = frames / sr
-    if duration < cfg.min_duration:
+    if cfg.min_duration is not None and duration < cfg.min_duration:
         return _quarantine(
             row, "too_short", f"too short: {duration:.3f} s is below normalize.min_duration ({cfg.min_duration:g} s)"
         )
@@ -247,7 +275,8 @@ def normalize_clip(row: ManifestRow, out_path: Path, cfg: NormalizeConfig) -> Cl
         channels=1,
     )
     return ClipResult(
-        id=row.id, source_path=row.path, row=updated, finite=finite, peak=peak, clipped_samples=clipped
+        id=row.id, source_path=row.path, source=row.source, split=row.split, row=updated, finite=finite, peak=peak,
+        clipped_samples=clipped, pcm_sha256=hashlib.sha256(pcm.astype("<i2").tobytes()).hexdigest(),
     )
 
 
@@ -310,9 +339,24 @@ def normalize_rows(
         return list(bar(pool.map(run_one, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers))))))
 
 
-def summarize(results: Iterable[ClipResult], cfg: NormalizeConfig) -> NormalizeSummary:
+def exclude_same_audio(results: list[ClipResult]) -> list[OverlapMatch]:
+    """Train clips whose written samples equal a val/test clip's: their rows are dropped (``row`` set to
+    None, their FLACs removed) and every match is returned for the overlaps CSV."""
+    pcm = {r.id: r.pcm_sha256 for r in results if r.row is not None and r.pcm_sha256}
+    written = [r.row for r in results if r.row is not None]
+    matches = find_overlaps(written, lambda row: [("same_audio", pcm[row.id])] if row.id in pcm else [])
+    gone = dropped_ids(matches)
+    for result in results:
+        if result.id in gone and result.row is not None:
+            Path(result.row.path).unlink(missing_ok=True)
+            result.row = None
+    return matches
+
+
+def summarize(results: Iterable[ClipResult], cfg: NormalizeConfig, overlap_dropped: int = 0) -> NormalizeSummary:
+    """Counts of a run; ``overlap_dropped`` rows are neither written nor quarantined."""
     results = list(results)
-    reasons = Counter(r.reason_code for r in results if not r.ok)
+    reasons = Counter(r.reason_code for r in results if r.reason_code)
     by_source: dict[str, dict[str, float]] = {}
     hours = 0.0
     for r in results:
@@ -328,6 +372,7 @@ def summarize(results: Iterable[ClipResult], cfg: NormalizeConfig) -> NormalizeS
         inputs=len(results),
         written=sum(r.ok for r in results),
         quarantined_by_reason=dict(reasons),
+        overlap_dropped=overlap_dropped,
         hours=hours,
         clipped_samples=sum(r.clipped_samples for r in results),
         max_bad_fraction=cfg.max_bad_fraction,
@@ -337,7 +382,8 @@ def summarize(results: Iterable[ClipResult], cfg: NormalizeConfig) -> NormalizeS
 
 
 def write_quarantine(results: Iterable[ClipResult], path: Path, input_ids: Iterable[str]) -> int:
-    """Append this run's quarantined rows to the CSV (columns id, path, reason).
+    """Append this run's quarantined rows to the CSV (:data:`QUARANTINE_COLUMNS`: the input row's id,
+    source, split and original path, the reason code of :data:`REASONS` and the sentence).
 
     Rows an earlier run wrote for the same input ids are replaced, so re-running never duplicates
     entries; rows about other ids (another stage's, another source's) are kept. Returns the count.
@@ -349,63 +395,21 @@ def write_quarantine(results: Iterable[ClipResult], path: Path, input_ids: Itera
         with path.open(newline="") as fh:
             kept = [row for row in csv.DictReader(fh) if row.get("id") not in ours]
     fresh = sorted(
-        ({"id": r.id, "path": r.source_path, "reason": r.reason} for r in results if not r.ok),
+        (
+            {"id": r.id, "source": r.source, "split": r.split, "path": r.source_path, "code": r.reason_code,
+             "reason": r.reason}
+            for r in results if r.reason_code
+        ),
         key=lambda d: d["id"],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=QUARANTINE_COLUMNS, extrasaction="ignore")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=QUARANTINE_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept + fresh)
     tmp.replace(path)
     return len(fresh)
-
-
-def validation_frame(results: Iterable[ClipResult]) -> "Any":
-    """One row per written clip, read back from the FLAC headers, for the GX suite."""
-    import pandas as pd
-
-    records = []
-    for r in results:
-        if not r.ok:
-            continue
-        assert r.row is not None
-        path = Path(r.row.path)
-        exists = path.is_file()
-        duration, sr, channels = audio_info(path) if exists else (float("nan"), 0, 0)
-        records.append(
-            {
-                "id": r.id,
-                "path": str(path),
-                "file_exists": exists,
-                "sample_rate": sr,
-                "channels": channels,
-                "duration": duration,
-                "manifest_duration": r.row.duration,
-                "finite": r.finite,
-            }
-        )
-    columns = ["id", "path", "file_exists", "sample_rate", "channels", "duration", "manifest_duration", "finite"]
-    return pd.DataFrame.from_records(records, columns=columns)
-
-
-def normalize_expectations(cfg: NormalizeConfig) -> list:
-    """The GX suite for the normalised set (checked on the written files' headers)."""
-    import great_expectations.expectations as gxe
-
-    # resampling may add up to one output sample to a clip that sat exactly on a limit
-    slack = 1.0 / cfg.sample_rate
-    return [
-        gxe.ExpectColumnValuesToBeUnique(column="id"),
-        gxe.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="sample_rate", value_set=[cfg.sample_rate]),
-        gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[1]),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="duration", min_value=cfg.min_duration - slack, max_value=cfg.max_duration + slack
-        ),
-        gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
-    ]
 
 
 @dataclass
@@ -415,6 +419,11 @@ class NormalizeOutputs:
     manifest: Path = Path("data/manifest/normalized.jsonl")
     audio_root: Path = Path("data/audio")
     quarantine: Path = Path("reports/data/quarantine.csv")
+    overlaps: Path | None = None  # train clips dropped for the same decoded audio; None: beside the quarantine CSV
+
+    @property
+    def overlaps_csv(self) -> Path:
+        return self.overlaps if self.overlaps is not None else self.quarantine.parent / "overlaps_audio.csv"
     report: Path = Path("reports/data/normalize.json")
     gx_dir: Path = Path("reports/data/gx/normalize")
 
@@ -438,7 +447,15 @@ def normalize_manifest(
         raise NormalizeError(f"{input_manifest}: no rows to normalise (check the ingest stage's sources)")
     log.info("normalising %d clips with %d worker(s) -> %s", len(rows), cfg.workers, outputs.audio_root)
     results = normalize_rows(rows, outputs.audio_root, cfg, progress=progress)
-    summary = summarize(results, cfg)
+    matches = exclude_same_audio(results)
+    write_overlaps(matches, outputs.overlaps_csv)
+    if matches:
+        log.warning(
+            "dropped %d train clip(s) whose decoded audio equals a val/test clip's (matches: %s): %s",
+            len(dropped_ids(matches)), outputs.overlaps_csv,
+            ", ".join(f"{m.train.id} (= {m.eval.id})" for m in matches[:10]),
+        )
+    summary = summarize(results, cfg, overlap_dropped=len(dropped_ids(matches)))
     write_quarantine(results, outputs.quarantine, (r.id for r in rows))
     outputs.report.parent.mkdir(parents=True, exist_ok=True)
     outputs.report.write_text(json.dumps(summary.to_json(), indent=2, sort_keys=False) + "\n")

@@ -29,14 +29,20 @@ Layouts (``<path>`` is the source's folder):
   list) and optional ``tag``. The audio is extracted into the ingest extract folder so rows point
   to local files. Split folders ``valid``/``validation`` become val.
 
+Every kind also accepts ``encoding`` (default utf-8): the encoding of its CSV / JSON Lines metadata
+(see :mod:`clap.data.metadata`). File names from metadata must stay inside the source's folder: an
+absolute path or a ``..`` is an error naming the row. Where a layout carries the Freesound or
+YouTube id a clip came from, the adapter records it in ``AdapterContext.origins`` (ESC-50 and
+UrbanSound8K names, Clotho's ``clotho_metadata_<split>.csv`` ``sound_id``/``sound_link``, AudioCaps'
+``youtube_id``, ``freesound_id`` / ``youtube_id`` fields in folder, builtin and LAION json metadata),
+for the ingest stage's overlap exclusion (:mod:`clap.data.overlap`).
+
 Clip ids are ``<source name>/<clip>`` where ``<clip>`` is the file stem (or key) with anything but
 letters, digits, ``-`` and ``_`` replaced by ``_``, so ids are safe file stems and shard keys.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import re
 from collections import defaultdict
@@ -44,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
-from tqdm.auto import tqdm
-
 from clap.data.manifest import ManifestRow
+from clap.data.metadata import Record, SourceError, check_encoding, path_inside, read_csv, read_jsonl
+from clap.data.overlap import esc50_freesound_id, freesound_key, record_origins, youtube_key
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +60,13 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au")
 
 #: Options every source may carry, whatever its kind.
-COMMON_OPTIONS = frozenset({"endpoint_url", "profile", "on_missing"})
+COMMON_OPTIONS = frozenset({"endpoint_url", "profile", "on_missing", "encoding"})
 #: Keys that would put secrets into params.yaml; refused outright.
 CREDENTIAL_KEYS = frozenset(
     {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key", "password"}
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _UNSAFE_CLIP_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-class SourceError(ValueError):
-    """A source is misconfigured or its files do not have the expected layout."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,19 @@ class SourceSpec:
         on_missing = options.get("on_missing", "fail")
         if on_missing not in ("fail", "skip"):
             raise SourceError(f"params.yaml source '{name}': on_missing must be 'fail' or 'skip', got {on_missing!r}")
+        if "encoding" in options:
+            check_encoding(options["encoding"], f"params.yaml source '{name}'")
         return cls(name=name, kind=kind, path=str(entry["path"]), options=options)
+
+    @property
+    def encoding(self) -> str:
+        """The encoding of the source's metadata files (``encoding`` option, default utf-8)."""
+        return str(self.options.get("encoding") or "utf-8")
+
+    @property
+    def owner(self) -> str:
+        """Where this source's settings live, for messages that name the fix."""
+        return f"source '{self.name}' in params.yaml"
 
 
 def parse_sources(entries: Iterable[Mapping[str, Any]] | None) -> list[SourceSpec]:
@@ -130,6 +144,13 @@ class AdapterContext:
 
     extract_dir: Path  # where adapters that unpack archives write audio
     progress: bool = True
+    #: clip id -> origin keys (``freesound:<id>``, ``youtube:<id>``), filled by the adapters
+    origins: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def note_origins(self, row_id: str, keys: Iterable[str | None]) -> None:
+        found = tuple(dict.fromkeys(k for k in keys if k))
+        if found:
+            self.origins[row_id] = found
 
 
 ReadFn = Callable[[Path, SourceSpec, AdapterContext], list[ManifestRow]]
@@ -174,17 +195,9 @@ def clip_id(source: str, clip: str) -> str:
     return f"{source}/{safe}"
 
 
-def read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
-    """A CSV file as dicts; a missing file or column is an error naming both."""
-    if not path.is_file():
-        raise SourceError(f"{path}: not found (expected by the source layout; see clap.data.sources)")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
-        return [{(k or "").strip(): (v or "").strip() for k, v in record.items()} for record in reader]
+def table(spec: SourceSpec, path: Path, required: Iterable[str]) -> list[Record]:
+    """A CSV of the source in its ``encoding``, as ``(line, cells)``; errors name file, line and the fix."""
+    return read_csv(path, required, spec.encoding, spec.owner)
 
 
 def audio_files_by_stem(folder: Path) -> dict[str, Path]:
@@ -236,31 +249,25 @@ def read_builtin(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Mani
     if not meta.is_file():
         raise SourceError(f"{meta}: built-in corpus metadata not found (build the corpus first: dvc repro corpus)")
     rows = []
-    with meta.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{meta}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{where}: not valid JSON ({exc})") from exc
-            missing = [k for k in ("id", "source", "split", "file") if not obj.get(k)]
-            if missing:
-                raise SourceError(f"{where}: missing {', '.join(missing)}")
-            captions, labels = text_list(obj.get("captions")), text_list(obj.get("labels"))
-            rows.append(
-                ManifestRow(
-                    id=str(obj["id"]),
-                    source=str(obj["source"]),
-                    split=str(obj["split"]),
-                    path=str(root / obj["file"]),
-                    captions=captions,
-                    labels=labels,
-                    fold=as_fold(obj.get("fold"), where),
-                    task=str(obj.get("task") or ("retrieval" if captions else "pretrain")),
-                )
+    for lineno, obj in read_jsonl(meta, spec.encoding, spec.owner):
+        where = f"{meta} line {lineno}"
+        missing = [k for k in ("id", "source", "split", "file") if not obj.get(k)]
+        if missing:
+            raise SourceError(f"{where}: missing {', '.join(missing)}")
+        captions, labels = text_list(obj.get("captions")), text_list(obj.get("labels"))
+        rows.append(
+            ManifestRow(
+                id=str(obj["id"]),
+                source=str(obj["source"]),
+                split=str(obj["split"]),
+                path=str(path_inside(root, str(obj["file"]), where, "file")),
+                captions=captions,
+                labels=labels,
+                fold=as_fold(obj.get("fold"), where),
+                task=str(obj.get("task") or ("retrieval" if captions else "pretrain")),
             )
+        )
+        ctx.note_origins(rows[-1].id, record_origins(obj))
     return rows
 
 
@@ -274,11 +281,14 @@ def read_audiocaps(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Ma
     if not tables:
         raise SourceError(f"{root}: no AudioCaps train.csv, val.csv or test.csv (source '{spec.name}')")
     for split in tables:
-        records = read_csv(root / f"{split}.csv", ("audiocap_id", "youtube_id", "start_time", "caption"))
+        csv_path = root / f"{split}.csv"
         audio_dir = root / "audio" / split
         audio = audio_files_by_stem(audio_dir)
         by_clip: dict[str, list[dict[str, str]]] = defaultdict(list)
-        for record in records:
+        for lineno, record in table(spec, csv_path, ("audiocap_id", "youtube_id", "start_time", "caption")):
+            where = f"{csv_path} line {lineno}"
+            for column in ("youtube_id", "audiocap_id"):
+                path_inside(audio_dir, f"{record[column]}.wav", where, column)  # names become file names
             by_clip[record["youtube_id"]].append(record)
         for youtube_id, group in by_clip.items():
             names = [youtube_id, f"Y{youtube_id}"] + [r["audiocap_id"] for r in group]
@@ -293,6 +303,7 @@ def read_audiocaps(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Ma
                     task="retrieval",
                 )
             )
+            ctx.note_origins(rows[-1].id, [youtube_key(youtube_id)])
     return rows
 
 
@@ -309,20 +320,35 @@ def read_clotho(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Manif
             f"{root}: no clotho_captions_{{development,validation,evaluation}}.csv (source '{spec.name}')"
         )
     for folder, split in tables:
-        table = root / f"clotho_captions_{folder}.csv"
-        for record in read_csv(table, ("file_name", "caption_1")):
+        captions_csv = root / f"clotho_captions_{folder}.csv"
+        sounds = _clotho_sound_ids(root / f"clotho_metadata_{folder}.csv", spec)
+        for lineno, record in table(spec, captions_csv, ("file_name", "caption_1")):
+            path = path_inside(root / folder, record["file_name"], f"{captions_csv} line {lineno}", "file_name")
             captions = [record[c] for c in sorted(record, key=_caption_order) if c.startswith("caption_") and record[c]]
             rows.append(
                 ManifestRow(
                     id=clip_id(spec.name, Path(record["file_name"]).stem),
                     source=spec.name,
                     split=split,
-                    path=str(root / folder / record["file_name"]),
+                    path=str(path),
                     captions=captions,
                     task="retrieval",
                 )
             )
+            ctx.note_origins(rows[-1].id, [sounds.get(record["file_name"])])
     return rows
+
+
+def _clotho_sound_ids(metadata_csv: Path, spec: SourceSpec) -> dict[str, str]:
+    """file_name -> ``freesound:<id>`` from Clotho's optional metadata table (``sound_id`` or ``sound_link``)."""
+    if not metadata_csv.is_file():
+        return {}
+    found = {}
+    for _, record in table(spec, metadata_csv, ("file_name",)):
+        key = freesound_key(record.get("sound_id")) or freesound_key(record.get("sound_link"))
+        if key:
+            found[record["file_name"]] = key
+    return found
 
 
 def _caption_order(column: str) -> tuple[int, str]:
@@ -332,40 +358,47 @@ def _caption_order(column: str) -> tuple[int, str]:
 
 @register_adapter("esc50")
 def read_esc50(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[ManifestRow]:
-    table = root / "meta" / "esc50.csv"
+    csv_path = root / "meta" / "esc50.csv"
     rows = []
-    for lineno, record in enumerate(read_csv(table, ("filename", "fold", "category")), 2):
+    for lineno, record in table(spec, csv_path, ("filename", "fold", "category")):
+        where = f"{csv_path} line {lineno}"
         rows.append(
             ManifestRow(
                 id=clip_id(spec.name, Path(record["filename"]).stem),
                 source=spec.name,
                 split="test",
-                path=str(root / "audio" / record["filename"]),
+                path=str(path_inside(root / "audio", record["filename"], where, "filename")),
                 labels=[label_text(record["category"])],
-                fold=as_fold(record["fold"], f"{table}:{lineno}"),
+                fold=as_fold(record["fold"], where),
                 task="classification",
             )
         )
+        fsid = freesound_key(record.get("src_file")) or freesound_key(esc50_freesound_id(record["filename"]))
+        ctx.note_origins(rows[-1].id, [fsid])
     return rows
 
 
 @register_adapter("urbansound8k")
 def read_urbansound8k(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[ManifestRow]:
-    table = root / "metadata" / "UrbanSound8K.csv"
+    csv_path = root / "metadata" / "UrbanSound8K.csv"
     rows = []
-    for lineno, record in enumerate(read_csv(table, ("slice_file_name", "fold", "class")), 2):
-        fold = as_fold(record["fold"], f"{table}:{lineno}")
+    for lineno, record in table(spec, csv_path, ("slice_file_name", "fold", "class")):
+        where = f"{csv_path} line {lineno}"
+        fold = as_fold(record["fold"], where)
+        name = record["slice_file_name"]
         rows.append(
             ManifestRow(
-                id=clip_id(spec.name, Path(record["slice_file_name"]).stem),
+                id=clip_id(spec.name, Path(name).stem),
                 source=spec.name,
                 split="test",
-                path=str(root / "audio" / f"fold{fold}" / record["slice_file_name"]),
+                path=str(path_inside(root / "audio" / f"fold{fold}", name, where, "slice_file_name")),
                 labels=[label_text(record["class"])],
                 fold=fold,
                 task="classification",
             )
         )
+        # names are {fsID}-{classID}-{occurrenceID}-{sliceID}.wav
+        ctx.note_origins(rows[-1].id, [freesound_key(record.get("fsID") or Path(name).stem.split("-")[0])])
     return rows
 
 
@@ -375,9 +408,9 @@ def read_folder(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Manif
     if csv_table.is_file() and jsonl_table.is_file():
         raise SourceError(f"{root}: both captions.csv and captions.jsonl exist; keep one (source '{spec.name}')")
     if csv_table.is_file():
-        records = [(f"{csv_table}:{n}", r) for n, r in enumerate(read_csv(csv_table, ("file",)), 2)]
+        records = [(f"{csv_table} line {n}", r) for n, r in table(spec, csv_table, ("file",))]
     elif jsonl_table.is_file():
-        records = list(_read_jsonl_records(jsonl_table))
+        records = [(f"{jsonl_table} line {n}", r) for n, r in read_jsonl(jsonl_table, spec.encoding, spec.owner)]
     else:
         raise SourceError(f"{root}: no captions.csv or captions.jsonl (source '{spec.name}', kind folder)")
 
@@ -388,10 +421,13 @@ def read_folder(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Manif
         if not file:
             raise SourceError(f"{where}: empty 'file'")
         entry = merged.setdefault(
-            file, {"captions": [], "labels": [], "split": None, "fold": None, "task": None, "where": where}
+            file,
+            {"captions": [], "labels": [], "split": None, "fold": None, "task": None, "where": where,
+             "path": path_inside(root, file, where, "file"), "origins": []},
         )
         entry["captions"] += text_list(record.get("caption")) + text_list(record.get("captions"))
         entry["labels"] += [label for label in split_field(record.get("labels")) if label not in entry["labels"]]
+        entry["origins"] += record_origins(record)
         for key in ("split", "task"):
             if record.get(key):
                 entry[key] = str(record[key])
@@ -400,34 +436,22 @@ def read_folder(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Manif
 
     rows = []
     for file, entry in merged.items():
-        relative = PurePosixPath(file)
-        if relative.is_absolute() or ".." in relative.parts:
-            raise SourceError(f"{entry['where']}: file '{file}' must be a path inside {root}")
         task = entry["task"] or spec.options.get("task") or ("retrieval" if entry["captions"] else "pretrain")
         rows.append(
             ManifestRow(
-                id=clip_id(spec.name, str(relative.with_suffix(""))),
+                id=clip_id(spec.name, str(PurePosixPath(file).with_suffix(""))),
                 source=spec.name,
                 split=entry["split"] or default_split,
-                path=str(root.joinpath(*relative.parts)),
+                path=str(entry["path"]),
                 captions=entry["captions"],
                 labels=entry["labels"],
                 fold=entry["fold"],
                 task=str(task),
             )
         )
-    _warn_unlisted(root, {root.joinpath(*PurePosixPath(f).parts) for f in merged}, spec)
+        ctx.note_origins(rows[-1].id, entry["origins"])
+    _warn_unlisted(root, {entry["path"] for entry in merged.values()}, spec)
     return rows
-
-
-def _read_jsonl_records(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
 
 
 def _warn_unlisted(root: Path, listed: set[Path], spec: SourceSpec) -> None:
@@ -441,95 +465,5 @@ def _warn_unlisted(root: Path, listed: set[Path], spec: SourceSpec) -> None:
         )
 
 
-#: LAION-Audio-630K split folder names -> our splits.
-LAION_SPLITS = {
-    "train": "train",
-    "valid": "val",
-    "val": "val",
-    "validation": "val",
-    "test": "test",
-    "eval": "test",
-    "evaluation": "test",
-}
-_WDS_AUDIO_KEYS = ("flac", "wav", "mp3", "ogg")
-
-
-@register_adapter("laion_wds")
-def read_laion_wds(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[ManifestRow]:
-    split_dirs = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.tar")))
-    if not split_dirs:
-        raise SourceError(f"{root}: no <split>/*.tar shards (source '{spec.name}', kind laion_wds)")
-    rows = []
-    for split_dir in split_dirs:
-        split = LAION_SPLITS.get(split_dir.name)
-        if split is None:
-            raise SourceError(
-                f"{split_dir}: split folder name not understood (expected one of {', '.join(LAION_SPLITS)}); "
-                "rename the folder"
-            )
-        rows += _extract_shards(split_dir, split, spec, ctx)
-    return rows
-
-
-def _extract_shards(split_dir: Path, split: str, spec: SourceSpec, ctx: AdapterContext) -> list[ManifestRow]:
-    import webdataset as wds
-
-    tars = sorted(split_dir.glob("*.tar"))
-    out_dir = ctx.extract_dir / spec.name / split_dir.name
-    counts: dict[str, int] = defaultdict(int)
-    rows = []
-    dataset = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
-    for sample in tqdm(dataset, desc=f"extract {spec.name}/{split_dir.name}", unit="clip", disable=not ctx.progress):
-        shard = Path(sample["__url__"]).stem
-        key = str(sample["__key__"])
-        where = f"{sample['__url__']}: sample '{key}'"
-        counts[Path(sample["__url__"]).name] += 1
-        ext = next((e for e in _WDS_AUDIO_KEYS if e in sample), None)
-        if ext is None or "json" not in sample:
-            raise SourceError(f"{where}: needs an audio member ({'/'.join(_WDS_AUDIO_KEYS)}) and a json member")
-        try:
-            meta = json.loads(sample["json"])
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{where}: json member is not valid JSON ({exc})") from exc
-        relative = PurePosixPath(key)
-        if ".." in relative.parts or relative.is_absolute():
-            raise SourceError(f"{where}: key cannot be used as a file name")
-        target = out_dir / shard / f"{'_'.join(relative.parts)}.{ext}"
-        _write_if_changed(target, sample[ext])
-        captions, labels = text_list(meta.get("text")), text_list(meta.get("tag"))
-        rows.append(
-            ManifestRow(
-                id=clip_id(spec.name, f"{split_dir.name}_{shard}_{key}"),
-                source=spec.name,
-                split=split,
-                path=str(target),
-                captions=captions,
-                labels=labels,
-                task="retrieval" if captions else "pretrain",
-            )
-        )
-    _check_sizes(split_dir, counts)
-    return rows
-
-
-def _write_if_changed(target: Path, data: bytes) -> None:
-    if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-
-
-def _check_sizes(split_dir: Path, counts: Mapping[str, int]) -> None:
-    sizes_path = split_dir / "sizes.json"
-    if not sizes_path.is_file():
-        return
-    try:
-        sizes = json.loads(sizes_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{sizes_path}: not valid JSON ({exc})") from exc
-    for name, expected in sorted(sizes.items()):
-        found = counts.get(name, 0)
-        if int(expected) != found:
-            log.warning("%s: sizes.json says %s holds %s samples, read %d", sizes_path, name, expected, found)
+# the LAION-Audio-630K WebDataset adapter lives in its own module; importing it registers it
+from clap.data import sources_laion  # noqa: E402,F401  (registers "laion_wds")
