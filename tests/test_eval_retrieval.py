@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from clap.data.manifest import ManifestRow, write_manifest
 from clap.eval.metrics import retrieval_metrics
 from clap.eval.retrieval import CURVE_KS, evaluate_embeddings, recall_curves, retrieval_chance
 from clap.model.inference import ClapInference
@@ -102,13 +103,27 @@ def toy_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
 
 def test_stage_writes_flat_metrics_that_match_a_direct_computation(toy_setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     shards, model, params = toy_setup
+    # The ingest manifest lists the 6 toy test clips and a 7th that normalize quarantined.
+    listed = [ManifestRow(id=f"toy/{p.stem}", source="toy", split="test", path=str(p), captions=["a sound"])
+              for p in sorted((shards.parent / "audio").glob("test-*.flac"))]
+    listed.append(ManifestRow(id="toy/test-lost-0", source="toy", split="test", path="raw/lost.wav", captions=["a hum"]))
+    write_manifest(listed, tmp_path / "ingest.jsonl")
+    (tmp_path / "quarantine.csv").write_text("id,path,reason\ntoy/test-lost-0,raw/lost.wav,empty file (0 bytes)\n")
     out = tmp_path / "reports"
     rc = eval_retrieval.main(["--params", str(params), "--model", str(model), "--shards", str(shards),
-                              "--out", str(out), "--device", "cpu"])
+                              "--ingest-manifest", str(tmp_path / "ingest.jsonl"),
+                              "--quarantine", str(tmp_path / "quarantine.csv"), "--out", str(out), "--device", "cpu"])
     assert rc == 0
     metrics = json.loads((out / "retrieval.json").read_text())
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat: `dvc metrics diff` reads it
     assert metrics["toy_test.n_audio"] == 6 and metrics["toy_test.n_captions"] == 12
+    assert metrics["toy_test.complete"] is False and metrics["toy_test.quarantined"] == 1
+    assert (metrics["toy_test.clips_expected"], metrics["toy_test.clips_scored"]) == (7, 6)
+    with (out / "retrieval/toy_test/dropped.csv").open() as fh:
+        assert [(r["id"], r["stage"], r["reason"]) for r in csv.DictReader(fh)] == [
+            ("toy/test-lost-0", "normalize", "quarantined by normalize: empty file (0 bytes)")]
+    # 1 s clips: one duration bucket, equal to the whole set
+    assert metrics["toy_test.dur_le10s.t2a_r1"] == metrics["toy_test.t2a_r1"] and "toy_test.dur_gt10s.n_audio" not in metrics
     for direction in ("t2a", "a2t"):
         for name in ("r1", "r5", "r10", "map10"):
             assert 0.0 <= metrics[f"toy_test.{direction}_{name}"] <= 1.0
@@ -123,13 +138,27 @@ def test_stage_writes_flat_metrics_that_match_a_direct_computation(toy_setup: tu
     for key, value in direct.items():
         assert metrics[f"toy_test.{key}"] == pytest.approx(value, abs=1e-5), key
 
-    with (out / "retrieval_recall.csv").open() as fh:
+    with (out / "retrieval_plots/toy_test/recall.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * len(CURVE_KS)
     t2a = [float(r["recall"]) for r in rows if r["direction"] == "t2a"]
     assert t2a == sorted(t2a) and t2a[-1] == 1.0  # 6 audios: all within the top 10
     assert float(rows[0]["recall"]) == pytest.approx(metrics["toy_test.t2a_r1"], abs=1e-6)
-    assert (out / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "retrieval_plots/toy_test/recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_duration_buckets_rank_their_queries_against_the_whole_set() -> None:
+    # 4 audios, one caption each; audio 3 is long. Caption 3 finds audio 0 first and its own second.
+    audio = torch.eye(4)
+    text = torch.eye(4)
+    text[3] = torch.tensor([0.9, 0.0, 0.0, 0.8])
+    result = evaluate_embeddings("b", audio, unit(text), [0, 1, 2, 3], durations=[1.0, 10.0, 4.0, 25.0])
+    short, long = result.buckets["dur_le10s"], result.buckets["dur_gt10s"]
+    assert (short["n_audio"], long["n_audio"]) == (3, 1)        # 10.0 s exactly is "10 s or less"
+    assert short["t2a_r1"] == 1.0 and long["t2a_r1"] == 0.0 and long["t2a_mean_rank"] == 2.0
+    assert result.metrics["t2a_r1"] == pytest.approx(3 / 4)
+    flat = result.flat_metrics()
+    assert flat["b.dur_gt10s.t2a_r1"] == 0.0 and flat["b.dur_le10s.n_captions"] == 3
 
 
 def test_unknown_set_fails_naming_the_known_sets(toy_setup: tuple[Path, Path, Path], tmp_path: Path,

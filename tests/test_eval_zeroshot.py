@@ -101,11 +101,16 @@ def test_esc50_folder_fold1_with_exclusions_and_reports(setup: dict[str, Path], 
         assert 0.0 <= metrics[f"esc50.{key}"] <= 1.0
     assert metrics["esc50.top5"] >= metrics["esc50.top1"]
     assert not any(key.startswith("esc50.fold") for key in metrics)  # one fold only
+    # 13 clips of fold 1 in the metadata, 10 scored: partial, though every class was scored
+    assert (metrics["esc50.complete"], metrics["esc50.clips_expected"], metrics["esc50.clips_scored"]) == (False, 13, 10)
+    assert (metrics["esc50.classes_expected"], metrics["esc50.classes_scored"]) == (6, 6)
+    assert metrics["esc50.dur_le10s.n"] == 10 and "esc50.dur_gt10s.n" not in metrics  # 1 s clips only
+    assert metrics["esc50.dur_le10s.top1"] == metrics["esc50.top1"]
 
-    dropped = {row["id"]: row["reason"] for row in read_csv(out / "zeroshot_dropped.csv")}
-    assert "other/copy_of_rain" in dropped["esc50/1-1001-A-1"]
-    assert "exclude_ids" in dropped["esc50/1-1002-B-2"]
-    assert "not a readable audio file" in dropped["esc50/1-9999-A-0"]
+    dropped = {row["id"]: (row["stage"], row["reason"]) for row in read_csv(out / "zeroshot/esc50/dropped.csv")}
+    assert dropped["esc50/1-1001-A-1"][0] == "eval" and "other/copy_of_rain" in dropped["esc50/1-1001-A-1"][1]
+    assert "exclude_ids" in dropped["esc50/1-1002-B-2"][1]
+    assert "not a readable audio file" in dropped["esc50/1-9999-A-0"][1]
 
     # The same top-1 from the inference API on the clips that were kept (labels as words).
     kept = [p for p in sorted((setup["esc"] / "audio").glob("1-*.wav")) if f"esc50/{p.stem}" not in dropped]
@@ -115,25 +120,25 @@ def test_esc50_folder_fold1_with_exclusions_and_reports(setup: dict[str, Path], 
     truth = [ESC_CLASSES[int(p.stem.split("-")[-1])].replace("_", " ") for p in kept]
     assert metrics["esc50.top1"] == pytest.approx(np.mean([a == b for a, b in zip(predicted, truth)]), abs=1e-6)
 
-    predictions = read_csv(out / "zeroshot_predictions.csv")
+    predictions = read_csv(out / "zeroshot_plots/esc50/predictions.csv")
     assert len(predictions) == metrics["esc50.n"]
     assert np.mean([r["actual"] == r["predicted"] for r in predictions]) == pytest.approx(metrics["esc50.top1"], abs=1e-6)
 
-    per_class = read_csv(out / "zeroshot_per_class.csv")
+    per_class = read_csv(out / "zeroshot/esc50/per_class.csv")
     assert sorted(r["label"] for r in per_class) == labels
     assert sum(int(r["n"]) for r in per_class) == metrics["esc50.n"]
-    assert (out / "confusion_esc50.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "zeroshot_plots/esc50/confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ingested_set_from_params_excludes_training_overlap_by_manifest_hash(setup: dict[str, Path], tmp_path: Path) -> None:
     rc = eval_zeroshot.main(["--params", str(setup["params"]), "--model", str(setup["model"]),
                              "--shards", str(setup["shards"]), "--manifest", str(setup["manifest"]),
-                             "--out", str(tmp_path), "--device", "cpu"])
+                             "--ingest-manifest", "none", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 0
     metrics = json.loads((tmp_path / "zeroshot.json").read_text())
     assert (metrics["toy.n"], metrics["toy.excluded"], metrics["toy.n_classes"]) == (5, 1, 3)
     assert metrics["toy.top5"] == 1.0 and metrics["toy.chance_top5"] == 1.0  # 3 classes: all in the top 5
-    assert (tmp_path / "confusion_toy.png").is_file()
+    assert (tmp_path / "zeroshot_plots/toy/confusion.png").is_file()
 
 
 def test_prompt_ensemble_is_the_renormalised_mean_of_the_template_embeddings() -> None:
@@ -210,3 +215,49 @@ def test_unknown_sets_fail_before_the_model_loads(setup: dict[str, Path], tmp_pa
     assert eval_zeroshot.main(common + ["--set", f"x={tmp_path}"]) == 1
     assert "no known dataset layout" in caplog.text
     assert not (tmp_path / "zeroshot.json").exists()
+
+
+def test_ingested_set_accounts_for_clips_dropped_upstream_and_keeps_the_full_class_list(
+        setup: dict[str, Path], tmp_path: Path) -> None:
+    """The ingest manifest lists 7 clips of 4 classes; normalize quarantined the only 'rain' clip and
+    one 'mid beep' clip vanished without a record: the set is scored among all 4 classes, marked partial,
+    every missing clip is listed with its stage and reason, and accuracies are split by duration."""
+    from clap.data.shards import ShardConfig, write_shards
+    from tests.toy_shards import toy_clip
+
+    rng = np.random.default_rng(1)
+    listed = [("low hum", 110.0, 1.0), ("low hum", 110.0, 10.5), ("high whistle", 3520.0, 1.0),
+              ("high whistle", 3520.0, 1.0), ("mid beep", 880.0, 1.0), ("mid beep", 880.0, 1.0), ("rain", 0.0, 1.0)]
+    rows = []
+    for i, (label, frequency, seconds) in enumerate(listed):
+        path = tmp_path / "audio" / f"acct-{i}.flac"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, toy_clip(frequency, seconds, rng), 48_000, subtype="PCM_16")
+        rows.append(ManifestRow(id=f"acct/{i}", source="acct", split="test", path=str(path), labels=[label],
+                                duration=seconds, sample_rate=48_000, channels=1, task="classification"))
+    write_manifest(rows, tmp_path / "ingest.jsonl")
+    shards = tmp_path / "shards"
+    write_shards(rows[:5], shards, ShardConfig(samples_per_shard=4), progress=False)  # acct/5 and acct/6 never arrive
+    (tmp_path / "quarantine.csv").write_text("id,path,reason\nacct/6,raw/rain.wav,silent: peak amplitude 0 < 1e-4\n")
+
+    out = tmp_path / "eval"
+    rc = eval_zeroshot.main(["--params", str(setup["params"]), "--model", str(setup["model"]), "--shards", str(shards),
+                             "--set", "acct=shards:acct/test", "--manifest", "none",
+                             "--ingest-manifest", str(tmp_path / "ingest.jsonl"),
+                             "--quarantine", str(tmp_path / "quarantine.csv"), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "zeroshot.json").read_text())
+    assert metrics["acct.complete"] is False
+    assert (metrics["acct.clips_expected"], metrics["acct.clips_scored"]) == (7, 5)
+    assert (metrics["acct.classes_expected"], metrics["acct.classes_scored"]) == (4, 3)
+    assert metrics["acct.n_classes"] == 4 and metrics["acct.chance_top1"] == pytest.approx(0.25)
+    assert (metrics["acct.quarantined"], metrics["acct.missing_upstream"]) == (1, 1)
+    assert (metrics["acct.dur_le10s.n"], metrics["acct.dur_gt10s.n"]) == (4, 1)
+    assert metrics["acct.dur_gt10s.top1"] in (0.0, 1.0)
+
+    dropped = {row["id"]: row for row in read_csv(out / "zeroshot/acct/dropped.csv")}
+    assert set(dropped) == {"acct/5", "acct/6"}
+    assert dropped["acct/6"]["stage"] == "normalize" and "silent: peak amplitude 0" in dropped["acct/6"]["reason"]
+    assert dropped["acct/5"]["stage"] == "upstream" and "not in its shards" in dropped["acct/5"]["reason"]
+    per_class = {row["label"]: row for row in read_csv(out / "zeroshot/acct/per_class.csv")}
+    assert per_class["rain"]["n"] == "0" and per_class["rain"]["top1"] == ""  # listed, never scored

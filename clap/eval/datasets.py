@@ -70,6 +70,7 @@ class EvalClip:
     fold: int | None = None
     sha256: str = ""
     where: str = ""  # file path or shard member, for reports and errors
+    duration: float = 0.0  # seconds; set from the decoded audio when the clip is embedded
 
 
 # ------------------------------------------------------------------------------------- shard sets

@@ -26,12 +26,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DroppedClip:
-    """A clip left out of an evaluation, and why (written to the stage's dropped-clips CSV)."""
+    """A clip left out of an evaluation, and why (written to the set's dropped-clips CSV). ``stage``
+    says where it was left out: ``eval`` (here), ``normalize`` (quarantined) or ``upstream``."""
 
     set: str
     id: str
     where: str
     reason: str
+    stage: str = "eval"
 
 
 def load_engine(
@@ -64,8 +66,8 @@ def embed_clips(
     engine: ClapInference, clips: Iterable[EvalClip], *, set_name: str, batch_size: int = 32,
     total: int | None = None,
 ) -> tuple[Tensor, list[EvalClip], list[DroppedClip]]:
-    """Embed clips in batches: (embeddings [K, D] of the K clips kept, those clips in order, the
-    clips that could not be read with the reason)."""
+    """Embed clips in batches: (embeddings [K, D] of the K clips kept, those clips in order with their
+    ``duration`` set from the decoded audio, the clips that could not be read with the reason)."""
     kept: list[EvalClip] = []
     dropped: list[DroppedClip] = []
     parts: list[Tensor] = []
@@ -86,6 +88,7 @@ def embed_clips(
                 dropped.append(DroppedClip(set=set_name, id=clip.id, where=clip.where, reason=str(exc)))
                 log.warning("%s: %s left out (%s)", set_name, clip.id, exc)
                 continue
+            clip.duration = waveform.shape[-1] / SAMPLE_RATE
             if not isinstance(clip.audio, (str, Path)):
                 clip.audio = clip.where  # the waveform is not needed after embedding; keep memory flat
             batch.append((clip, waveform))

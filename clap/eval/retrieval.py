@@ -10,11 +10,16 @@ taken ``chunk_size`` rows at a time, so 100,000 clips x 500,000 captions need a 
 
 Next to each metric goes its chance level, the expected value under a uniformly random ranking of
 the same set (:func:`retrieval_chance`), so a reader sees at once whether a model beats chance.
+``a2t_map10_laion`` is the reference code's audio->text mAP@10, for comparison with published figures
+(:mod:`clap.eval.metrics`). The metrics are also given per clip-duration bucket (``dur_le10s``,
+``dur_gt10s``: the queries of those clips, ranked against the whole set), and every captioned clip of
+the set's metadata that was not scored is listed with its reason (:mod:`clap.eval.accounting`).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +30,16 @@ from torch import Tensor
 
 from clap.eval.datasets import EvalClip, EvalSetError, iter_shard_clips, read_shard_index, resolve_shard_set
 from clap.eval.embeddings import DroppedClip, embed_clips, embed_texts
-from clap.eval.metrics import audio_to_text_ranks, retrieval_metrics, text_to_audio_ranks
+from clap.eval.accounting import (
+    DROPPED_COLUMNS,
+    UpstreamRecords,
+    bucket_masks,
+    completeness,
+    partial_message,
+    stage_counts,
+    upstream_drops,
+)
+from clap.eval.metrics import RetrievalRanks, retrieval_ranks
 from clap.model.inference import ClapInference
 from clap.report.writer import write_metrics, write_rows
 
@@ -76,17 +90,28 @@ class RetrievalSetResult:
     chance_curves: dict[str, list[float]]
     no_caption: int = 0
     dropped: list[DroppedClip] = field(default_factory=list)
+    buckets: dict[str, dict[str, float]] = field(default_factory=dict)  # duration bucket -> metrics (+ n_audio)
+    clips_expected: int = 0  # captioned clips the set's metadata lists
 
     @property
     def key(self) -> str:
         return set_key(self.name)
 
-    def flat_metrics(self) -> dict[str, float]:
-        """``<set>.t2a_r1``, ..., ``<set>.chance_t2a_r1``, ``<set>.n_audio``: the stage's metrics JSON."""
-        out = {f"{self.key}.{name}": value for name, value in self.metrics.items()}
+    def completeness(self) -> dict[str, Any]:
+        return completeness(max(self.clips_expected, self.n_audio), self.n_audio)
+
+    def flat_metrics(self) -> dict[str, Any]:
+        """``<set>.t2a_r1``, ..., ``<set>.chance_t2a_r1``, ``<set>.n_audio``, completeness and the metrics
+        per duration bucket (``<set>.dur_gt10s.t2a_r1`` ...): the stage's metrics JSON."""
+        out: dict[str, Any] = {f"{self.key}.{name}": value for name, value in self.metrics.items()}
         out.update({f"{self.key}.chance_{name}": value for name, value in self.chance.items()})
         out.update({f"{self.key}.n_audio": self.n_audio, f"{self.key}.n_captions": self.n_captions,
-                    f"{self.key}.no_caption": self.no_caption, f"{self.key}.unreadable": len(self.dropped)})
+                    f"{self.key}.no_caption": self.no_caption,
+                    f"{self.key}.unreadable": sum(d.stage == "eval" for d in self.dropped)})
+        out.update({f"{self.key}.{k}": v for k, v in stage_counts(self.dropped).items()})
+        out.update({f"{self.key}.{k}": v for k, v in self.completeness().items()})
+        for bucket, values in self.buckets.items():
+            out.update({f"{self.key}.{bucket}.{k}": v for k, v in values.items()})
         return out
 
     def curve_rows(self) -> list[dict[str, Any]]:
@@ -147,49 +172,57 @@ def retrieval_chance(n_audio: int, captions_per_audio: Sequence[int], ks: Sequen
     return chance, {"t2a": t2a_curve, "a2t": a2t_curve}
 
 
+def curves_from_ranks(ranks: RetrievalRanks, ks: Sequence[int] = CURVE_KS) -> dict[str, list[float]]:
+    """R@k for every k in ``ks`` in both directions (audio->text uses each audio's best-ranked caption)."""
+    best = np.array([r.min() for r in ranks.a2t if len(r)], dtype=np.int64)
+    return {"t2a": [float(np.mean(ranks.t2a < k)) for k in ks], "a2t": [float(np.mean(best < k)) for k in ks]}
+
+
 def recall_curves(
     audio_embeds: Tensor, text_embeds: Tensor, text_to_audio: Sequence[int], chunk_size: int = 1024,
     ks: Sequence[int] = CURVE_KS,
 ) -> dict[str, list[float]]:
-    """R@k for every k in ``ks`` in both directions (audio->text uses each audio's best-ranked caption)."""
-    t2a = text_to_audio_ranks(audio_embeds, text_embeds, text_to_audio, chunk_size)
-    a2t = audio_to_text_ranks(audio_embeds, text_embeds, text_to_audio, max(1, chunk_size // 4))
-    best = np.array([ranks[0] for ranks in a2t if len(ranks)], dtype=np.int64)
-    return {
-        "t2a": [float(np.mean(t2a < k)) for k in ks],
-        "a2t": [float(np.mean(best < k)) for k in ks],
-    }
+    """R@k for every k in ``ks`` in both directions, from the embeddings."""
+    return curves_from_ranks(retrieval_ranks(audio_embeds, text_embeds, text_to_audio, chunk_size), ks)
 
 
 def evaluate_embeddings(
     name: str, audio_embeds: Tensor, text_embeds: Tensor, text_to_audio: Sequence[int], chunk_size: int = 1024,
+    durations: Sequence[float] | None = None,
 ) -> RetrievalSetResult:
-    """Metrics, curves and chance levels of one set from its (L2-normalised) embeddings."""
+    """Metrics, curves and chance levels of one set from its (L2-normalised) embeddings; with the clips'
+    ``durations``, also the metrics per duration bucket (that bucket's queries, ranked against the whole set)."""
     owner = np.asarray(text_to_audio, dtype=np.int64)
     if audio_embeds.shape[0] == 0 or text_embeds.shape[0] == 0:
         raise EvalSetError(f"evaluation set '{name}': no captioned clips to evaluate")
     if owner.shape[0] != text_embeds.shape[0] or owner.min() < 0 or owner.max() >= audio_embeds.shape[0]:
         raise ValueError(f"evaluation set '{name}': text_to_audio must give an audio index for each of the "
                          f"{text_embeds.shape[0]} captions")
-    metrics = retrieval_metrics(audio_embeds, text_embeds, owner, chunk_size)
-    curves = recall_curves(audio_embeds, text_embeds, owner, chunk_size)
+    ranks = retrieval_ranks(audio_embeds, text_embeds, owner, chunk_size)
     per_audio = np.bincount(owner, minlength=audio_embeds.shape[0])
     chance, chance_curves = retrieval_chance(audio_embeds.shape[0], per_audio.tolist())
+    buckets = {}
+    for bucket, mask in (bucket_masks(durations) if durations is not None else {}).items():
+        buckets[bucket] = {**ranks.metrics(mask), "n_audio": int(mask.sum()), "n_captions": int(per_audio[mask].sum())}
     return RetrievalSetResult(name=name, n_audio=int(audio_embeds.shape[0]), n_captions=int(owner.shape[0]),
-                              metrics=metrics, curves=curves, chance=chance, chance_curves=chance_curves)
+                              metrics=ranks.metrics(), curves=curves_from_ranks(ranks), chance=chance,
+                              chance_curves=chance_curves, buckets=buckets)
 
 
 def evaluate_retrieval_set(
     engine: ClapInference, shard_root: str | Path, name: str, config: RetrievalConfig,
-    index: dict[str, Any] | None = None,
+    index: dict[str, Any] | None = None, upstream: UpstreamRecords | None = None,
 ) -> RetrievalSetResult:
-    """Embed one shard set (clips in batches, then captions) and evaluate it."""
+    """Embed one shard set (clips in batches, then captions) and evaluate it; every captioned clip of
+    the set's metadata that was not scored is listed with the stage and reason."""
     shard_set = resolve_shard_set(shard_root, name, index)
     no_caption = 0
+    seen: set[str] = set()
 
     def captioned() -> Iterator[EvalClip]:
         nonlocal no_caption
         for clip in iter_shard_clips(shard_set):
+            seen.add(clip.id)
             if clip.captions:
                 yield clip
             else:
@@ -203,11 +236,20 @@ def evaluate_retrieval_set(
         log.info("%s: %d clip(s) without an original caption are not part of retrieval", name, no_caption)
     text = embed_texts(engine, captions, desc=f"captions {name}")
     # similarities on the model's device: on a GPU the chunked ranking is a small part of the run
-    result = evaluate_embeddings(name, audio.to(engine.device), text.to(engine.device), owner, config.chunk_size)
+    result = evaluate_embeddings(name, audio.to(engine.device), text.to(engine.device), owner, config.chunk_size,
+                                 durations=[clip.duration for clip in clips])
+    metadata = (upstream or UpstreamRecords()).metadata.rows(name)
+    expected = [row for row in metadata if row.captions] if metadata is not None else None
+    if expected is not None:
+        dropped += upstream_drops(name, expected, seen, (upstream or UpstreamRecords()).quarantine)
     result.no_caption, result.dropped = no_caption, dropped
+    result.clips_expected = len(expected) if expected is not None else result.n_audio + len(dropped)
     log.info("%s: %d clips, %d captions: t2a R@1 %.4f (chance %.4f), a2t R@1 %.4f (chance %.4f)", name,
              result.n_audio, result.n_captions, result.metrics["t2a_r1"], result.chance["t2a_r1"],
              result.metrics["a2t_r1"], result.chance["a2t_r1"])
+    if not result.completeness()["complete"]:
+        log.warning("%s; the dropped clips and reasons are in the set's dropped.csv",
+                    partial_message(name, result.completeness()))
     return result
 
 
@@ -219,42 +261,42 @@ def check_retrieval_sets(shard_root: str | Path, sets: Sequence[str]) -> dict[st
     return index
 
 
-def evaluate_retrieval(engine: ClapInference, shard_root: str | Path, config: RetrievalConfig) -> list[RetrievalSetResult]:
+def evaluate_retrieval(engine: ClapInference, shard_root: str | Path, config: RetrievalConfig,
+                       upstream: UpstreamRecords | None = None) -> list[RetrievalSetResult]:
     """Every configured set, in order; an unknown set fails before any embedding starts."""
     index = check_retrieval_sets(shard_root, config.sets)
-    return [evaluate_retrieval_set(engine, shard_root, name, config, index) for name in config.sets]
+    return [evaluate_retrieval_set(engine, shard_root, name, config, index, upstream) for name in config.sets]
 
 
 @dataclass(frozen=True)
 class RetrievalReportPaths:
     metrics: Path
-    curve: Path
-    figure: Path
-    dropped: Path
+    tables: Path  # <set>/dropped.csv
+    plots: Path   # <set>/recall.csv, <set>/recall_at_k.png
 
 
 def write_retrieval_reports(results: Sequence[RetrievalSetResult], out_dir: str | Path) -> RetrievalReportPaths:
-    """``retrieval.json`` (flat metrics), ``retrieval_recall.csv`` (set, direction, k, recall, chance),
-    ``recall_at_k.png`` and ``retrieval_dropped.csv`` (clips that could not be read) under ``out_dir``."""
+    """Under ``out_dir``: ``retrieval.json`` (flat metrics of every set) and per set (``<source>_<split>``)
+    ``retrieval/<set>/dropped.csv`` (every clip of the set not scored: stage and reason),
+    ``retrieval_plots/<set>/recall.csv`` (direction, k, recall, chance) and ``recall_at_k.png``. Both
+    folders are replaced as a whole, so their paths never depend on the set names in params."""
     from clap.report.figures import plot_recall_at_k  # noqa: PLC0415 - matplotlib only when writing
 
     out = Path(out_dir)
-    metrics: dict[str, float] = {}
-    rows: list[dict[str, Any]] = []
-    for result in results:
-        metrics.update(result.flat_metrics())
-        rows.extend(result.curve_rows())
-    paths = RetrievalReportPaths(
-        metrics=write_metrics(out / "retrieval.json", metrics),
-        curve=write_rows(out / "retrieval_recall.csv", rows, ["set", "direction", "k", "recall", "chance"]),
-        figure=out / "recall_at_k.png",
-        dropped=write_rows(out / "retrieval_dropped.csv",
-                           [asdict(d) for r in results for d in r.dropped], ["set", "id", "where", "reason"]),
-    )
-    plot_recall_at_k(
-        paths.figure,
-        {f"{r.name} {d}": (list(CURVE_KS), r.curves[d]) for r in results for d in DIRECTIONS},
-        {f"{r.name} {d}": (list(CURVE_KS), r.chance_curves[d]) for r in results for d in DIRECTIONS},
-        title="Retrieval recall@k (dashed: chance)",
-    )
+    paths = RetrievalReportPaths(metrics=out / "retrieval.json", tables=out / "retrieval", plots=out / "retrieval_plots")
+    for folder in (paths.tables, paths.plots):
+        shutil.rmtree(folder, ignore_errors=True)
+    metrics: dict[str, Any] = {}
+    for r in results:
+        metrics.update(r.flat_metrics())
+        write_rows(paths.tables / r.key / "dropped.csv", [asdict(d) for d in r.dropped], DROPPED_COLUMNS)
+        write_rows(paths.plots / r.key / "recall.csv", r.curve_rows(), ["set", "direction", "k", "recall", "chance"])
+        state = r.completeness()
+        title = f"Retrieval recall@k, {r.name} (dashed: chance)"
+        if not state["complete"]:
+            title += f"\nPARTIAL: {state['clips_scored']} of {state['clips_expected']} clips"
+        plot_recall_at_k(paths.plots / r.key / "recall_at_k.png",
+                         {d: (list(CURVE_KS), r.curves[d]) for d in DIRECTIONS},
+                         {d: (list(CURVE_KS), r.chance_curves[d]) for d in DIRECTIONS}, title=title)
+    write_metrics(paths.metrics, metrics)
     return paths

@@ -5,16 +5,17 @@ embedded by the text tower; a clip's prediction is the class whose text embeddin
 to its audio embedding. With several templates (a prompt ensemble, as CLIP does) a class's text
 embeddings are averaged and the mean is L2-normalised again.
 
+The classes are the set's full class list from its metadata (the ingest manifest for an ingested
+set, the native metadata file for a folder), never only the classes of the clips that survived.
 Reported per set: top-1 and top-5 accuracy, class-balanced top-1, per-class accuracy and the
-confusion matrix, the chance levels (1/classes, 5/classes) and the counts of clips left out, each
-with its reason:
+confusion matrix, the chance levels (1/classes, 5/classes), the same accuracies per clip-duration
+bucket (10 s or less, longer), whether the set is complete (:mod:`clap.eval.accounting`), and every
+clip of the set that was not scored, with its reason:
 
-* **excluded**: the clip overlaps the training data. The overlap is by content: a clip whose
-  sha256 (the ingest hash in the manifest; for native folders the hash of the file) equals that of
-  any training row of the manifest (``data/manifest/captions.jsonl``). Ingest already drops training
-  copies of evaluation files, so with the pipeline's own model this is a safety net; for a model
-  trained elsewhere, ``exclude_ids`` lists clips known to be in its training data (clip ids, file
-  names, file stems or sha256 hashes; inline or in a text file, one per line).
+* **quarantined** / **missing upstream**: dropped by the data stages before the shards were written.
+* **excluded**: the clip overlaps the training data (:mod:`clap.eval.overlap`: same content hash as a
+  training row of ``data/manifest/captions.jsonl``, or listed in ``exclude_ids``). Ingest already drops
+  training copies of evaluation files, so with the pipeline's own model this is a safety net.
 * **unreadable**: the audio file is missing or cannot be decoded.
 * **not single-label**: a clip with no label or several labels cannot be scored as one class.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,12 +38,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clap.data.manifest import TRAIN_SPLITS, iter_manifest
+from clap.data.manifest import ManifestRow
+from clap.eval.accounting import (
+    DROPPED_COLUMNS,
+    UpstreamRecords,
+    bucket_masks,
+    completeness,
+    partial_message,
+    stage_counts,
+    upstream_drops,
+)
 from clap.eval.datasets import (
     NATIVE_KINDS,
     EvalClip,
     EvalSetError,
-    content_hash,
     detect_kind,
     iter_shard_clips,
     native_clips,
@@ -51,6 +61,7 @@ from clap.eval.datasets import (
 )
 from clap.eval.embeddings import DroppedClip, embed_clips, embed_texts
 from clap.eval.metrics import topk_accuracy
+from clap.eval.overlap import TrainingOverlap
 from clap.model.inference import DEFAULT_TEMPLATE, ClapInference
 from clap.report.writer import write_metrics, write_rows
 
@@ -167,64 +178,6 @@ class ZeroShotConfig:
         return cls(**values)
 
 
-# ---------------------------------------------------------------------------------------- exclusion
-
-
-def read_exclude_ids(value: Sequence[str] | str | None) -> frozenset[str]:
-    """``exclude_ids`` as a set of entries: inline list, or a text file (one per line, ``#`` comments)."""
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        path = Path(value)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: exclude_ids file not found (give a text file of ids, or a list in params.yaml)")
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-        return frozenset(line for line in lines if line)
-    return frozenset(str(v).strip() for v in value if str(v).strip())
-
-
-@dataclass
-class TrainingOverlap:
-    """Decides which evaluation clips must be left out because a model may have trained on them."""
-
-    train_hashes: dict[str, str] = field(default_factory=dict)  # sha256 -> a training clip id
-    known_hashes: dict[str, str] = field(default_factory=dict)  # clip id -> sha256 (ingest's)
-    listed: frozenset[str] = frozenset()
-
-    @classmethod
-    def build(cls, manifest: str | Path | None, exclude_ids: Sequence[str] | str | None = None) -> "TrainingOverlap":
-        """From the manifest's rows (training hashes; every row's hash by id) and ``exclude_ids``."""
-        overlap = cls(listed=read_exclude_ids(exclude_ids))
-        if manifest is None:
-            log.warning("no manifest given: overlap with training data is checked only against exclude_ids")
-            return overlap
-        for row in iter_manifest(manifest):
-            if not row.sha256:
-                continue
-            overlap.known_hashes[row.id] = row.sha256
-            if row.split in TRAIN_SPLITS:
-                overlap.train_hashes.setdefault(row.sha256, row.id)
-        log.info("overlap check: %d training hashes from %s, %d listed exclusions", len(overlap.train_hashes),
-                 manifest, len(overlap.listed))
-        return overlap
-
-    def reason(self, clip: EvalClip) -> str | None:
-        """Why ``clip`` must be excluded, or None."""
-        if not clip.sha256:
-            clip.sha256 = self.known_hashes.get(clip.id, "")
-        digest = content_hash(clip)
-        if self.listed:
-            names = {clip.id, clip.id.split("/", 1)[-1], digest}
-            if isinstance(clip.audio, (str, Path)):  # a native file: its name may be listed too
-                names |= {Path(clip.audio).name, Path(clip.audio).stem}
-            hit = sorted(names & self.listed)
-            if hit:
-                return f"listed in exclude_ids ({hit[0]})"
-        if digest and digest in self.train_hashes:
-            return f"same audio as training clip {self.train_hashes[digest]} (sha256 {digest[:12]})"
-        return None
-
-
 # -------------------------------------------------------------------------------------- evaluation
 
 
@@ -244,13 +197,16 @@ class ZeroShotSetResult:
     """One set's predictions and what was left out."""
 
     name: str
-    labels: list[str]
+    labels: list[str]        # [L] the set's full class list, from its metadata
     ids: list[str]           # [N] the evaluated clips
     targets: np.ndarray      # [N] class index of each evaluated clip
     scores: np.ndarray       # [N, L] cosine similarities
     folds: list[int | None]
     dropped: list[DroppedClip] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)  # excluded / unreadable / not_single_label
+    counts: dict[str, int] = field(default_factory=dict)  # excluded / unreadable / not_single_label / quarantined ...
+    durations: np.ndarray | None = None  # [N] seconds of each evaluated clip
+    clips_expected: int = 0  # clips (of the chosen folds) the metadata lists
+    classes_expected: int = 0  # classes among those clips
 
     @property
     def predictions(self) -> np.ndarray:
@@ -293,12 +249,19 @@ class ZeroShotSetResult:
             })
         return rows
 
-    def flat_metrics(self) -> dict[str, float]:
-        """``<set>.top1``, ``<set>.top5``, ``<set>.balanced_top1``, ``<set>.n``, counts and chance levels."""
+    def completeness(self) -> dict[str, Any]:
+        """``complete``, ``clips_expected``/``clips_scored``, ``classes_expected``/``classes_scored``."""
+        scored_classes = len(set(self.targets.tolist()))
+        return completeness(max(self.clips_expected, len(self.ids)), len(self.ids),
+                            max(self.classes_expected, scored_classes), scored_classes)
+
+    def flat_metrics(self) -> dict[str, Any]:
+        """``<set>.top1``, ``<set>.top5``, ``<set>.balanced_top1``, ``<set>.n``, counts, chance levels,
+        completeness and the same accuracies per duration bucket (``<set>.dur_le10s.top1`` ...)."""
         n_classes = len(self.labels)
         acc = self.accuracy()
         per_class = [r["top1"] for r in self.per_class() if r["top1"] is not None]
-        out = {
+        out: dict[str, Any] = {
             f"{self.name}.top1": acc["top1"],
             f"{self.name}.top5": acc["top5"],
             f"{self.name}.balanced_top1": float(np.mean(per_class)),
@@ -308,6 +271,11 @@ class ZeroShotSetResult:
             f"{self.name}.chance_top5": min(5, n_classes) / n_classes,
         }
         out.update({f"{self.name}.{k}": v for k, v in sorted(self.counts.items())})
+        out.update({f"{self.name}.{k}": v for k, v in self.completeness().items()})
+        if self.durations is not None:
+            for bucket, mask in bucket_masks(self.durations).items():
+                out.update({f"{self.name}.{bucket}.{k}": v for k, v in self.accuracy(mask).items()})
+                out[f"{self.name}.{bucket}.n"] = int(mask.sum())
         folds = sorted({f for f in self.folds if f is not None})
         if len(folds) > 1:
             fold_of = np.array([-1 if f is None else f for f in self.folds])
@@ -324,32 +292,52 @@ def _hits_at(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     return ranks < k
 
 
-def set_clips(spec: ZeroShotSetSpec, shard_root: str | Path, index: dict[str, Any] | None = None) -> tuple[Iterable[EvalClip], int | None]:
-    """The clips of a set and their count (for the progress bar; None when unknown)."""
+def set_clips(spec: ZeroShotSetSpec, metadata: list[ManifestRow] | None, shard_root: str | Path,
+              index: dict[str, Any] | None = None) -> tuple[Iterable[EvalClip], int | None]:
+    """The clips of a set (its shards, or the native rows' files) and their count (None when unknown)."""
     if spec.shards is not None:
         shard_set = resolve_shard_set(shard_root, spec.shards, index)
         return iter_shard_clips(shard_set), shard_set.count
-    rows = read_native_rows(spec.name, spec.path or "", spec.kind, spec.split)
-    return native_clips(rows), len(rows)
+    return native_clips(metadata or []), len(metadata or [])
+
+
+def set_metadata(spec: ZeroShotSetSpec, upstream: UpstreamRecords) -> list[ManifestRow] | None:
+    """Every clip the set's metadata lists (all folds): the ingest manifest's rows of an ingested set,
+    the native metadata's rows of a folder; None when an ingested set has no manifest to read."""
+    if spec.shards is not None:
+        return upstream.metadata.rows(spec.shards)
+    return read_native_rows(spec.name, spec.path or "", spec.kind, spec.split)
+
+
+def _in_folds(fold: int | None, folds: tuple[int, ...] | None) -> bool:
+    return folds is None or fold is None or int(fold) in folds
 
 
 def evaluate_zero_shot_set(
     engine: ClapInference, spec: ZeroShotSetSpec, config: ZeroShotConfig, overlap: TrainingOverlap,
     shard_root: str | Path = "data/shards", index: dict[str, Any] | None = None,
+    upstream: UpstreamRecords | None = None,
 ) -> ZeroShotSetResult:
-    """Select (folds), check (one label, no training overlap), embed and classify one set's clips."""
+    """Select (folds), check (one label, no training overlap), embed and classify one set's clips among
+    the set's full class list; every clip of its metadata that is not scored is listed with the reason."""
+    upstream = upstream or UpstreamRecords()
     folds = spec.folds if spec.folds is not None else config.folds
-    clips, total = set_clips(spec, shard_root, index)
+    metadata = set_metadata(spec, upstream)
+    expected = [row for row in metadata if _in_folds(row.fold, folds)] if metadata is not None else None
+    clips, total = set_clips(spec, metadata, shard_root, index)
+    total = len(expected) if spec.path is not None and expected is not None else total  # native: rows in the folds
     dropped: list[DroppedClip] = []
     counts = {"excluded": 0, "unreadable": 0, "not_single_label": 0}
     labels: set[str] = set()
+    seen: set[str] = set()
     unhashed = 0
 
     def selected() -> Iterator[EvalClip]:
         nonlocal unhashed
         for clip in clips:
-            if folds is not None and clip.fold is not None and int(clip.fold) not in folds:
+            if not _in_folds(clip.fold, folds):
                 continue
+            seen.add(clip.id)
             if len(clip.labels) != 1:
                 counts["not_single_label"] += 1
                 dropped.append(DroppedClip(spec.name, clip.id, clip.where,
@@ -370,9 +358,14 @@ def evaluate_zero_shot_set(
         log.warning("%s: %d clip(s) have no content hash (not in the manifest): their overlap with training data "
                     "was checked against exclude_ids only", spec.name, unhashed)
     dropped.extend(unreadable)
+    if expected is not None:
+        dropped.extend(upstream_drops(spec.name, expected, seen, upstream.quarantine))
+    counts.update(stage_counts(dropped))
     if not kept:
         raise EvalSetError(f"zero-shot set '{spec.name}': no clip left to evaluate ({counts}); see the dropped clips")
-    class_names = sorted(labels)
+    # the class list is the metadata's (all folds), so clips dropped upstream do not shrink it
+    full = {row.labels[0] for row in metadata if len(row.labels) == 1} if metadata is not None else set()
+    class_names = sorted(full | labels)
     text = class_text_embeddings(engine, class_names, config.prompt_templates)
     position = {label: i for i, label in enumerate(class_names)}
     result = ZeroShotSetResult(
@@ -380,11 +373,17 @@ def evaluate_zero_shot_set(
         targets=np.array([position[clip.labels[0]] for clip in kept], dtype=np.int64),
         scores=(audio @ text.T).numpy().astype(np.float64),
         folds=[clip.fold for clip in kept], dropped=dropped, counts=counts,
+        durations=np.array([clip.duration for clip in kept]),
+        clips_expected=len(expected) if expected is not None else len(seen),
+        classes_expected=len({r.labels[0] for r in expected if len(r.labels) == 1} | labels) if expected is not None
+        else len(labels),
     )
-    acc = result.accuracy()
+    acc, state = result.accuracy(), result.completeness()
     log.info("%s: %d clips, %d classes: top-1 %.4f, top-5 %.4f (chance %.4f); excluded %d, unreadable %d",
              spec.name, len(kept), len(class_names), acc["top1"], acc["top5"], 1 / len(class_names),
              counts["excluded"], counts["unreadable"])
+    if not state["complete"]:
+        log.warning("%s; the dropped clips and reasons are in the set's dropped.csv", partial_message(spec.name, state))
     return result
 
 
@@ -406,43 +405,45 @@ def check_zero_shot_sets(config: ZeroShotConfig, shard_root: str | Path = "data/
 
 def evaluate_zero_shot(
     engine: ClapInference, config: ZeroShotConfig, overlap: TrainingOverlap, shard_root: str | Path = "data/shards",
+    upstream: UpstreamRecords | None = None,
 ) -> list[ZeroShotSetResult]:
     """Every configured set in order; all sets are checked before the first is embedded."""
     index = check_zero_shot_sets(config, shard_root)
-    return [evaluate_zero_shot_set(engine, spec, config, overlap, shard_root, index) for spec in config.sets]
+    return [evaluate_zero_shot_set(engine, spec, config, overlap, shard_root, index, upstream) for spec in config.sets]
 
 
 @dataclass(frozen=True)
 class ZeroShotReportPaths:
     metrics: Path
-    per_class: Path
-    predictions: Path
-    dropped: Path
-    confusion: dict[str, Path]
+    tables: Path   # <set>/per_class.csv, <set>/dropped.csv
+    plots: Path    # <set>/predictions.csv, <set>/confusion.png
 
 
 def write_zero_shot_reports(results: Sequence[ZeroShotSetResult], out_dir: str | Path) -> ZeroShotReportPaths:
-    """``zeroshot.json`` (flat metrics), ``zeroshot_per_class.csv``, ``zeroshot_predictions.csv`` (one row
-    per clip), ``zeroshot_dropped.csv`` (every clip left out, with the reason) and
-    ``confusion_<set>.png`` per set, under ``out_dir``."""
+    """Under ``out_dir``: ``zeroshot.json`` (flat metrics of every set), and per set
+    ``zeroshot/<set>/per_class.csv`` and ``dropped.csv`` (every clip of the set not scored, with the
+    stage and reason), ``zeroshot_plots/<set>/predictions.csv`` (one row per clip, for `dvc plots`'
+    confusion template) and ``confusion.png``. Both folders are replaced as a whole, so their paths never
+    depend on the set names in params."""
     from clap.report.figures import plot_confusion  # noqa: PLC0415 - matplotlib only when writing
 
     out = Path(out_dir)
-    metrics: dict[str, float] = {}
-    for result in results:
-        metrics.update(result.flat_metrics())
-    confusion = {
-        r.name: plot_confusion(out / f"confusion_{r.name}.png", r.confusion(), r.labels,
-                               title=f"Zero-shot {r.name}: top-1 {r.accuracy()['top1']:.3f} ({r.targets.shape[0]} clips)")
-        for r in results
-    }
-    return ZeroShotReportPaths(
-        metrics=write_metrics(out / "zeroshot.json", metrics),
-        per_class=write_rows(out / "zeroshot_per_class.csv", [row for r in results for row in r.per_class()],
-                             ["set", "label", "n", "correct", "top1", "top5", "most_confused_with"]),
-        predictions=write_rows(out / "zeroshot_predictions.csv", [row for r in results for row in r.prediction_rows()],
-                               ["set", "id", "actual", "predicted", "similarity"]),
-        dropped=write_rows(out / "zeroshot_dropped.csv", [asdict(d) for r in results for d in r.dropped],
-                           ["set", "id", "where", "reason"]),
-        confusion=confusion,
-    )
+    paths = ZeroShotReportPaths(metrics=out / "zeroshot.json", tables=out / "zeroshot", plots=out / "zeroshot_plots")
+    for folder in (paths.tables, paths.plots):
+        shutil.rmtree(folder, ignore_errors=True)
+    metrics: dict[str, Any] = {}
+    for r in results:
+        metrics.update(r.flat_metrics())
+        write_rows(paths.tables / r.name / "per_class.csv", r.per_class(),
+                   ["set", "label", "n", "correct", "top1", "top5", "most_confused_with"])
+        write_rows(paths.tables / r.name / "dropped.csv", [asdict(d) for d in r.dropped], DROPPED_COLUMNS)
+        write_rows(paths.plots / r.name / "predictions.csv", r.prediction_rows(),
+                   ["set", "id", "actual", "predicted", "similarity"])
+        state = r.completeness()
+        title = f"Zero-shot {r.name}: top-1 {r.accuracy()['top1']:.3f} ({len(r.ids)} clips)"
+        if not state["complete"]:
+            title += f"\nPARTIAL: {state['clips_scored']}/{state['clips_expected']} clips, " \
+                     f"{state['classes_scored']}/{state['classes_expected']} classes"
+        plot_confusion(paths.plots / r.name / "confusion.png", r.confusion(), r.labels, title=title)
+    write_metrics(paths.metrics, metrics)
+    return paths

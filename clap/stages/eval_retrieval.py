@@ -5,8 +5,10 @@
 Sets are ``"<source>/<split>"`` names of the shard index (params ``eval_retrieval.sets``; ingested
 Clotho and AudioCaps sources appear as ``clotho/test`` and ``audiocaps/test``). Writes, under
 ``--out`` (reports/eval): ``retrieval.json`` (flat metrics ``<source>_<split>.t2a_r1`` ... with
-chance levels), ``retrieval_recall.csv`` (recall@k, k = 1..10, per set and direction),
-``recall_at_k.png`` and ``retrieval_dropped.csv`` (clips that could not be read).
+chance levels, ``<set>.complete`` with ``clips_expected``/``clips_scored``, ``<set>.dur_gt10s.t2a_r1``
+...), and per set ``retrieval/<set>/dropped.csv`` (every captioned clip of the set's metadata not
+scored: stage and reason), ``retrieval_plots/<set>/recall.csv`` (recall@k, k = 1..10, per direction)
+and ``retrieval_plots/<set>/recall_at_k.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from clap.eval.accounting import add_upstream_arguments, upstream_from_args
 from clap.eval.datasets import EvalSetError
 from clap.eval.embeddings import add_model_arguments, engine_from_args
 from clap.eval.retrieval import RetrievalConfig, check_retrieval_sets, evaluate_retrieval, write_retrieval_reports
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="sets", action="append", default=None, metavar="SOURCE/SPLIT",
                         help="evaluate this set instead of params eval_retrieval.sets (repeatable)")
     add_model_arguments(parser, "clips per forward pass (default: params eval_retrieval.batch_size)")
+    add_upstream_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -47,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size:
             config = dataclasses.replace(config, batch_size=args.batch_size)
         check_retrieval_sets(args.shards, config.sets)
+        upstream = upstream_from_args(args)
         engine = engine_from_args(args, config.batch_size)
-        results = evaluate_retrieval(engine, args.shards, config)
+        results = evaluate_retrieval(engine, args.shards, config, upstream)
         paths = write_retrieval_reports(results, args.out)
     except (EvalSetError, CheckpointError, ParamsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
-    log.info("wrote %s, %s and %s", paths.metrics, paths.curve, paths.figure)
+    log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
     return 0
 
 

@@ -15,9 +15,12 @@ A released LAION-CLAP checkpoint on ESC-50 fold 1 (its published figure):
         --set esc50=/data/ESC-50-master --folds 1 --manifest none --out reports/eval/laion-630k
 
 Writes, under ``--out`` (reports/eval): ``zeroshot.json`` (flat metrics ``<set>.top1``, ``<set>.top5``,
-``<set>.n``, ``<set>.excluded``, chance levels ...), ``zeroshot_per_class.csv``,
-``zeroshot_predictions.csv`` (set, id, actual, predicted: for `dvc plots`' confusion template),
-``zeroshot_dropped.csv`` (every clip left out, with the reason) and ``confusion_<set>.png``.
+``<set>.n``, ``<set>.excluded``, chance levels, ``<set>.complete`` with ``clips_expected/scored`` and
+``classes_expected/scored``, ``<set>.dur_le10s.top1`` ...), and per set ``zeroshot/<set>/per_class.csv``,
+``zeroshot/<set>/dropped.csv`` (every clip of the set's metadata not scored: stage and reason),
+``zeroshot_plots/<set>/predictions.csv`` (for `dvc plots`' confusion template) and
+``zeroshot_plots/<set>/confusion.png``. Clips dropped before the shards are found by comparing the
+set with the ingest manifest (``--ingest-manifest``) and named with normalize's reasons (``--quarantine``).
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import logging
 import sys
 from pathlib import Path
 
+from clap.eval.accounting import UpstreamRecords, add_upstream_arguments, upstream_from_args
 from clap.eval.datasets import EvalSetError
 from clap.eval.embeddings import add_model_arguments, engine_from_args
+from clap.eval.overlap import TrainingOverlap
 from clap.eval.zeroshot import (
-    TrainingOverlap,
     ZeroShotConfig,
     ZeroShotSetSpec,
     check_zero_shot_sets,
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", default=None, help="folds to keep, e.g. 1 or 1,2; 'all' for every fold")
     parser.add_argument("--template", default=None, help="prompt template with {label} (replaces params')")
     parser.add_argument("--exclude-ids", default=None, help="text file of clip ids/file names/sha256 to leave out")
+    add_upstream_arguments(parser)
     add_model_arguments(parser, "clips per forward pass (default: params eval_zeroshot.batch_size)")
     return parser.parse_args(argv)
 
@@ -92,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "to check overlap against --exclude-ids only)")
         check_zero_shot_sets(config, args.shards)
         overlap = TrainingOverlap.build(manifest, config.exclude_ids)
+        upstream: UpstreamRecords = upstream_from_args(args, any(s.shards for s in config.sets))
         engine = engine_from_args(args, config.batch_size)
-        results = evaluate_zero_shot(engine, config, overlap, args.shards)
+        results = evaluate_zero_shot(engine, config, overlap, args.shards, upstream)
         paths = write_zero_shot_reports(results, args.out)
     except (EvalSetError, CheckpointError, ParamsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
-    log.info("wrote %s, %s and %d confusion matrices", paths.metrics, paths.per_class, len(paths.confusion))
+    log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
     return 0
 
 
