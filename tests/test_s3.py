@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from clap.data.ingest import IngestConfig, IngestOutputs, describe_audio, read_sources, run_ingest
 from clap.data.manifest import read_manifest, sha256_file
-from clap.data.s3 import S3AccessError, S3Settings, mirror_prefix
+from clap.data.s3 import S3AccessError, S3Settings, make_s3_client, mirror_prefix
 from clap.data.sources import parse_sources
 from tests.test_sources import build_clotho
 
@@ -108,18 +109,22 @@ def test_empty_prefix_is_a_clear_error(s3_bucket: str, tmp_path: Path) -> None:
 class OutageProxy:
     """A TCP proxy in front of the S3 endpoint that goes down once, on the Nth GET it forwards, and
     comes back on the same port after ``downtime`` seconds (never if None): open connections are cut,
-    new ones refused."""
+    new ones refused. With ``cut_after_bytes`` the Nth GET is answered for that many bytes first, so
+    the outage breaks a response in the middle of its body."""
 
-    def __init__(self, target: tuple[str, int], fail_on_get: int, downtime: float | None) -> None:
+    def __init__(self, target: tuple[str, int], fail_on_get: int, downtime: float | None,
+                 cut_after_bytes: int | None = None) -> None:
         self.target = target
         self.fail_on_get = fail_on_get
         self.downtime = downtime
+        self.cut_after_bytes = cut_after_bytes
         self.gets = 0
         self.outages = 0
         self.port = 0
         self._lock = threading.Lock()
         self._live: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._doomed: dict[socket.socket, int] = {}  # client socket -> response bytes left before the cut
 
     @property
     def endpoint(self) -> str:
@@ -166,6 +171,14 @@ class OutageProxy:
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
+    def _go_down(self) -> None:
+        self.outages += 1
+        with self._lock:
+            self._doomed.clear()
+        self.stop()
+        if self.downtime is not None:
+            threading.Timer(self.downtime, self.start).start()
+
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
@@ -173,12 +186,19 @@ class OutageProxy:
                     with self._lock:
                         self.gets += 1
                         trip = self.gets == self.fail_on_get
-                    if trip:
-                        self.outages += 1
-                        self.stop()  # the request dies with the connection; nothing listens now
-                        if self.downtime is not None:
-                            threading.Timer(self.downtime, self.start).start()
+                    if trip and self.cut_after_bytes is not None:
+                        with self._lock:
+                            self._doomed[src] = self.cut_after_bytes
+                    elif trip:
+                        self._go_down()  # the request dies with the connection; nothing listens now
                         return
+                if not from_client and dst in self._doomed:
+                    left = self._doomed[dst]
+                    if len(data) >= left:
+                        dst.sendall(data[:left])
+                        self._go_down()  # the response breaks mid-body
+                        return
+                    self._doomed[dst] = left - len(data)
                 dst.sendall(data)
         except OSError:
             pass
@@ -226,3 +246,62 @@ def test_a_mirror_cut_short_resumes_without_fetching_twice(clotho_in_s3, tmp_pat
     assert (resumed.skipped, resumed.downloaded) == (2, 5)
     for original in (p for p in local.rglob("*") if p.is_file()):
         assert sha256_file(resumed.local_dir / original.relative_to(local)) == sha256_file(original)
+
+
+def test_training_stream_resumes_a_shard_cut_mid_read(tmp_path: Path, s3_bucket: str, s3_env: str,
+                                                      monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The endpoint drops while a training shard streams (mid-body) and is back 1 s later: the
+    read resumes where it broke, and the pass still gives every clip exactly once."""
+    from collections import Counter
+
+    from clap.data import wds_s3
+    from clap.train.data import eval_pairs, train_batches
+    from tests.conftest import upload_folder
+    from tests.toy_shards import write_toy_shards
+
+    shard_root = write_toy_shards(tmp_path / "toy", seconds=1.0, samples_per_shard=4)
+    upload_folder(shard_root, s3_bucket, "shards", s3_env)
+    names = sorted(p.name for p in (shard_root / "toy" / "train").glob("*.tar"))
+    urls = [f"s3://{s3_bucket}/shards/toy/train/{name}" for name in names]
+    expected = eval_pairs([str(shard_root / "toy" / "train" / name) for name in names])[3]
+    assert min((shard_root / "toy" / "train" / n).stat().st_size for n in names) > 120_000  # the cut lands mid-shard
+
+    host, port = s3_env.removeprefix("http://").split(":")
+    proxy = OutageProxy((host, int(port)), fail_on_get=2, downtime=1.0, cut_after_bytes=100_000)
+    proxy.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setattr(wds_s3, "STREAM_RETRY", S3Settings(object_retries=6, backoff_s=0.2))
+    seen = []
+    try:
+        with caplog.at_level("WARNING", logger="clap.data.wds_s3"):
+            for batch in train_batches(urls, batch_size=4, target=lambda meta: meta["text"][0], shuffle_buffer=3,
+                                       seed=0, rank=0, world_size=1, loader_workers=0, passes=1):
+                seen.extend(batch.ids)
+    finally:
+        proxy.stop()
+    assert proxy.outages == 1, "the outage did not happen during the pass"
+    assert "read broke at byte" in caplog.text and "reopening there" in caplog.text
+    assert Counter(seen) == Counter(expected) and len(seen) == 18
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_an_unreachable_endpoint_fails_once_naming_the_uri_and_the_fix(
+    s3_env: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    defaults = S3Settings()
+    client = make_s3_client(endpoint, settings=defaults)
+    # every client is bounded: ~attempts x connect timeout (+ botocore's backoff) before it gives up
+    assert (client.meta.config.connect_timeout, client.meta.config.retries["max_attempts"]) == (5.0, 3)
+    with caplog.at_level(logging.WARNING), pytest.raises(S3AccessError) as info:
+        mirror_prefix("s3://some-bucket/clotho", tmp_path / "cache", endpoint_url=endpoint, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"s3://some-bucket/clotho: could not reach the S3 endpoint at {endpoint}")
+    assert "AWS_ENDPOINT_URL" in message and "`endpoint_url`" in message
+    # an endpoint that never answered is not retried again on top of botocore's own attempts
+    assert "retry 1/" not in caplog.text
