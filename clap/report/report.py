@@ -76,26 +76,67 @@ def group_by_set(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return groups
 
 
+def completeness_note(values: dict[str, Any]) -> str:
+    """``yes`` for a set scored on every clip (and class) its metadata lists, ``partial: ...`` otherwise,
+    empty when the metrics say nothing about it (a bucket or fold row, an older metrics file)."""
+    if "complete" not in values:
+        return ""
+    if values["complete"]:
+        return "yes"
+    text = f"partial: {values.get('clips_scored', '?')}/{values.get('clips_expected', '?')} clips"
+    if "classes_expected" in values:
+        text += f", {values.get('classes_scored', '?')}/{values['classes_expected']} classes"
+    return text
+
+
+def _matching_figures(table: str, set_name: str, values: dict[str, Any]) -> list[PaperFigure]:
+    # a sub-row ("esc50.fold1", "esc50.dur_gt10s") is never the set the paper reports
+    if "." in set_name:
+        return []
+    return [f for f in PAPER_FIGURES if f.table == table and f.set_hint in set_name.lower() and f.metric in values]
+
+
 def paper_rows(table: str, metrics: dict[str, Any]) -> list[list[str]]:
-    """One row per (our set, paper figure) pair whose names match: ours, the paper's, difference."""
+    """One row per (our complete set, paper figure) pair whose names match: ours, the paper's, difference.
+    A partial set (``complete: false``) is never among them: see :func:`partial_notes`."""
     rows = []
     for set_name, values in sorted(group_by_set(metrics).items()):
-        for fig in PAPER_FIGURES:
-            if fig.table == table and fig.set_hint in set_name.lower() and fig.metric in values:
-                ours = values[fig.metric]
-                rows.append([f"{set_name} ({fig.what})", _pct(ours), _pct(fig.value), f"{100 * (ours - fig.value):+.1f}"])
+        if values.get("complete") is False:
+            continue
+        for fig in _matching_figures(table, set_name, values):
+            ours = values[fig.metric]
+            rows.append([f"{set_name} ({fig.what})", _pct(ours), _pct(fig.value), f"{100 * (ours - fig.value):+.1f}"])
     return rows
+
+
+def partial_notes(table: str, metrics: dict[str, Any]) -> list[str]:
+    """A line for each partial set that has a published figure, saying why it is not compared."""
+    notes = []
+    for set_name, values in sorted(group_by_set(metrics).items()):
+        if values.get("complete") is False:
+            for fig in _matching_figures(table, set_name, values):
+                notes.append(f"- {set_name} is {completeness_note(values)} scored: not comparable with the paper's "
+                             f"{fig.what} ({_pct(fig.value)}); see its dropped.csv for what is missing and why.")
+    return notes
 
 
 def section_lines(title: str, table: str, metrics: dict[str, Any], columns: list[str]) -> list[str]:
     lines = [f"## {title}", ""]
     groups = group_by_set(metrics)
-    lines += _table(["set"] + columns, ([name] + [_pct(vals.get(c)) for c in columns] for name, vals in sorted(groups.items())))
-    compared = paper_rows(table, metrics)
+    with_state = any("complete" in vals for vals in groups.values())
+    header = ["set"] + columns + (["complete"] if with_state else [])
+    lines += _table(header, ([name] + [_pct(vals.get(c)) for c in columns] + ([completeness_note(vals)] if with_state else [])
+                             for name, vals in sorted(groups.items())))
+    if with_state:
+        lines += ["", "_complete: scored on every clip (and class) the set's metadata lists; `dur_le10s` / `dur_gt10s` "
+                  "rows are clips of 10 s or less / longer._"]
+    compared, notes = paper_rows(table, metrics), partial_notes(table, metrics)
     if compared:
         lines += ["", "Beside the paper's figure (percent):", ""]
         lines += _table(["set", "ours", "paper", "difference"], compared)
-    else:
+    if notes:
+        lines += ["", "Partial sets, not placed beside the paper's figure:", ""] + notes
+    if not compared and not notes:
         lines += ["", "_No set here has a published figure (the paper's are for AudioCaps, Clotho, ESC-50, "
                   "UrbanSound8K, VGGSound, FSD50K); ingest one to compare._"]
     return lines + [""]
@@ -161,7 +202,10 @@ def build_report(root: Path, with_experiments: bool = True) -> str:
               f"{train.get('mean_samples_per_s', float('nan')):.1f}"]]) + [""]
     if "retrieval" in metrics:
         lines += section_lines("Retrieval", "retrieval", metrics["retrieval"],
-                               ["t2a_r1", "t2a_r5", "t2a_r10", "t2a_map10", "a2t_r1", "a2t_r5", "a2t_r10", "a2t_map10"])
+                               ["t2a_r1", "t2a_r5", "t2a_r10", "t2a_map10", "a2t_r1", "a2t_r5", "a2t_r10", "a2t_map10",
+                                "a2t_map10_laion"])
+        lines += ["_a2t_map10_laion: audio->text mAP@10 computed as the reference code does (caption ranks unsorted), "
+                  "the variant the paper's published a2t mAP@10 figures use; a2t_map10 is the textbook one._", ""]
     if "zeroshot" in metrics:
         lines += section_lines("Zero-shot classification", "zeroshot", metrics["zeroshot"], ["top1", "top5"])
     if "finetune" in metrics:
