@@ -3,6 +3,11 @@
     clap embed --model models/clap --audio a.wav b.flac --out audio.jsonl
     clap embed --model models/clap --text "a dog barks" "rain on a roof" --out text.npy
     clap zeroshot --model models/clap --labels dog,cat,rain clips/ --format csv --out predictions.csv
+    clap zeroshot --model 630k-audioset-best.pt --tokenizer /models/roberta-base --labels dog,cat clips/
+
+Audio files that cannot be read are skipped with their reason (on stderr and in ``<out>.errors.csv``)
+and the rest are processed; the exit status is then 1. ``--strict`` stops at the first one instead.
+Exit status 2: bad inputs (the message names the input and the fix).
 
 Subcommands register themselves in ``SUBCOMMANDS`` (a name -> function adding an argparse sub-parser
 whose ``func`` default runs it), so more can be added without touching ``main``.
@@ -18,14 +23,19 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import soundfile as sf
 
+if TYPE_CHECKING:  # torch is imported only when a model is loaded
+    from clap.model.inference import SkippedAudio
+
 logger = logging.getLogger("clap")
 
 EMBED_FORMATS = (".jsonl", ".csv", ".npy")
+#: Exit status when some audio files were skipped as unreadable (the others were processed).
+EXIT_SKIPPED = 1
 
 
 class CliError(Exception):
@@ -100,7 +110,8 @@ def _load(args: argparse.Namespace):  # -> ClapInference (imported lazily: torch
     if not model_path.exists():
         raise CliError(f"{model_path}: no such model (give a model folder, a LAION-CLAP .pt or a transformers CLAP folder)")
     return ClapInference(
-        model_path, device=args.device, batch_size=args.batch_size, allow_download=args.allow_download
+        model_path, device=args.device, batch_size=args.batch_size, allow_download=args.allow_download,
+        tokenizer=args.tokenizer,
     )
 
 
@@ -109,8 +120,53 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     parser.add_argument(
+        "--tokenizer", default=None, metavar="FOLDER",
+        help="tokenizer folder replacing the model's (a LAION-CLAP .pt needs roberta-base's, e.g. /models/roberta-base)",
+    )
+    parser.add_argument(
         "--allow-download", action="store_true", help="let a missing tokenizer come from the Hugging Face hub"
     )
+
+
+def _add_unreadable_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable audio file (default: skip it, exit status 1)")
+    parser.add_argument("--errors", metavar="FILE",
+                        help="CSV of skipped files and reasons (default: <out>.errors.csv; stderr only without --out)")
+
+
+def errors_file(args: argparse.Namespace) -> Path | None:
+    """Where the skipped files are listed: ``--errors``, else beside ``--out``, else nowhere."""
+    if args.errors:
+        return Path(args.errors)
+    return Path(f"{args.out}.errors.csv") if args.out else None
+
+
+def report_skipped(command: str, skipped: list[SkippedAudio], total: int, errors: Path | None) -> int:
+    """Tell the user which files were skipped and why (stderr, and the errors CSV); the exit status.
+
+    No skipped file: an errors CSV left by an earlier run is removed and 0 is returned."""
+    if not skipped:
+        if errors is not None and errors.is_file():
+            errors.unlink()
+        return 0
+    rows = []
+    for entry in skipped:
+        reason = entry.reason.removeprefix(f"{entry.item}: ")
+        rows.append((entry.item, reason))
+        print(f"clap {command}: skipped {entry.item}: {reason}", file=sys.stderr)
+    if errors is not None:
+        errors.parent.mkdir(parents=True, exist_ok=True)
+        with errors.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "reason"])
+            writer.writerows(rows)
+    where = f"; listed in {errors}" if errors is not None else ""
+    if len(skipped) == total:
+        raise CliError(f"none of the {total} audio files could be read{where} (reasons above)")
+    print(f"clap {command}: {len(skipped)} of {total} audio files skipped as unreadable{where}; "
+          "the others were processed (use --strict to stop at the first)", file=sys.stderr)
+    return EXIT_SKIPPED
 
 
 def _open_out(out: str | None) -> contextlib.AbstractContextManager[TextIO]:
@@ -149,11 +205,15 @@ def run_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in EMBED_FORMATS:
         raise CliError(f"{out}: unknown output format '{out.suffix}'; use one of {', '.join(EMBED_FORMATS)}")
+    status = 0
     if args.audio:
         paths = expand_audio_paths(args.audio)
         engine = _load(args)
-        embeddings = engine.embed_audio(paths).numpy()
-        keys, key_name = [str(p) for p in paths], "path"
+        skipped: list[SkippedAudio] | None = None if args.strict else []
+        embeddings = engine.embed_audio(paths, skipped=skipped).numpy()
+        status = report_skipped("embed", skipped or [], len(paths), errors_file(args))
+        left_out = {entry.index for entry in skipped or []}
+        keys, key_name = [str(p) for i, p in enumerate(paths) if i not in left_out], "path"
     else:
         texts = list(args.text or [])
         if args.text_file:
@@ -168,7 +228,7 @@ def run_embed(args: argparse.Namespace) -> int:
         keys, key_name = texts, "text"
     write_embeddings(out, keys, key_name, embeddings)
     logger.info("wrote %d embeddings (%d-d) to %s", len(keys), embeddings.shape[1], out)
-    return 0
+    return status
 
 
 def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -183,6 +243,7 @@ def add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--text", nargs="+", metavar="TEXT", help="texts to embed")
     source.add_argument("--text-file", metavar="FILE", help="a file with one text per line")
     parser.add_argument("--out", required=True, help="output file: .jsonl, .csv or .npy (rows in input order)")
+    _add_unreadable_args(parser)
     parser.set_defaults(func=run_embed)
 
 
@@ -195,7 +256,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CliError(f"--top-k must be at least 1, got {args.top_k}")
     engine = _load(args)
-    result = engine.zero_shot(paths, labels, template=args.template)
+    skipped: list[SkippedAudio] | None = None if args.strict else []
+    result = engine.zero_shot(paths, labels, template=args.template, skipped=skipped)
+    status = report_skipped("zeroshot", skipped or [], len(paths), errors_file(args))
+    left_out = {entry.index for entry in skipped or []}
+    paths = [p for i, p in enumerate(paths) if i not in left_out]
     probs = result.probabilities.numpy()
     top = result.top_k(args.top_k)
     with _open_out(args.out) as fh:
@@ -217,7 +282,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
                 writer.writerow([str(path), best[0][0], f"{best[0][1]:.6f}"] + [f"{float(p):.6f}" for p in row])
     if args.out:
         logger.info("wrote %d predictions to %s", len(paths), args.out)
-    return 0
+    return status
 
 
 def add_zeroshot_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -237,6 +302,7 @@ def add_zeroshot_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="labels listed per clip in JSON (default 3)")
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     parser.add_argument("--out", help="output file (default: standard output)")
+    _add_unreadable_args(parser)
     parser.set_defaults(func=run_zeroshot)
 
 

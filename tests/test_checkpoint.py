@@ -10,6 +10,8 @@ so an import that puts every tensor in its place gives that model's embeddings e
 from __future__ import annotations
 
 import math
+import os
+import zipfile
 from pathlib import Path
 
 import librosa
@@ -32,14 +34,20 @@ CAPTIONS = ["a dog barks in the park", "rain falls on a tin roof"]
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny byte-level BPE RoBERTa tokenizer trained on a few sentences (no network)."""
-    root = tmp_path_factory.mktemp("tokenizer")
+    return str(make_roberta_tokenizer(tmp_path_factory.mktemp("tokenizer")))
+
+
+def make_roberta_tokenizer(root: Path) -> Path:
+    """Train a tiny byte-level BPE tokenizer (vocabulary 400) and save it as a RoBERTa tokenizer
+    folder ``root/roberta``."""
+    root.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(CAPTIONS * 3 + ["this is a sound of a cat", "birds singing at dawn"], vocab_size=400,
                             min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(root))
     tok = transformers.RobertaTokenizerFast(vocab=str(root / "vocab.json"), merges=str(root / "merges.txt"))
     tok.save_pretrained(str(root / "roberta"))
-    return str(root / "roberta")
+    return root / "roberta"
 
 
 def features(fusion: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,10 +234,41 @@ def laion_state_dict(hf: transformers.ClapModel, fusion: bool) -> dict[str, torc
     return {"module." + k: v for k, v in sd.items()}
 
 
+def reference_optimizer_state(params: list[torch.nn.Parameter]) -> dict:
+    """An Adam state dict as the reference trainer saves it: after a step, with the learning rate its
+    numpy cosine schedule wrote into each param group (a numpy float64)."""
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    optimizer.step()
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = np.float64(0.5 * (1 + np.cos(np.pi * 3 / 45)) * 1e-4)
+    return state
+
+
 def save_laion(path: Path, state: dict[str, torch.Tensor], wrap: bool = True) -> Path:
-    payload = {"epoch": 45, "name": "tiny", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}} if wrap else state
-    torch.save(payload, path)
+    """Save like the reference trainer: epoch (a numpy int), name, state_dict, optimizer, AMP scaler."""
+    if wrap:
+        params = [torch.nn.Parameter(v.detach().clone()) for v in list(state.values())[:4] if v.is_floating_point()]
+        state = {"epoch": np.int64(45), "name": "tiny", "state_dict": state,
+                 "optimizer": reference_optimizer_state(params), "scaler": torch.amp.GradScaler("cpu").state_dict()}
+    torch.save(state, path)
     return path
+
+
+def as_numpy1_pickle(path: Path) -> Path:
+    """The same file as numpy 1.x pickles it (``numpy.core.multiarray.scalar``: the released files' names)."""
+    with zipfile.ZipFile(path) as src:
+        entries = [(info.filename, src.read(info)) for info in src.infolist()]
+    out = path.with_name(path.stem + "-numpy1.pt")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name, data in entries:
+            if name.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(name, data)
+    return out
 
 
 @pytest.mark.parametrize("fusion", [False, True])
@@ -276,11 +315,53 @@ def test_laion_checkpoint_with_another_front_end_is_refused(tokenizer_dir: str, 
         load_model(save_laion(tmp_path / "fmax18k.pt", state), tokenizer=tokenizer_dir)
 
 
-def test_laion_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"x": torch.ones(1)}, "args": Path("/tmp")}, path)
-    with pytest.raises(CheckpointError, match="weights-only"):
+def test_released_style_checkpoint_loads_with_numpy_trainer_state(tokenizer_dir: str, tmp_path: Path) -> None:
+    """numpy float64 learning rates, a numpy int epoch and a scaler beside the weights, pickled under
+    numpy 2's and numpy 1's module names: the weights load, the trainer state is not returned."""
+    from clap.model.torch_files import read_torch_state_dict, safe_torch_load
+
+    hf = tiny_hf_clap(False)
+    path = save_laion(tmp_path / "630k-tiny.pt", laion_state_dict(hf, False))
+    for file in (path, as_numpy1_pickle(path)):
+        raw = safe_torch_load(file)
+        assert isinstance(raw["epoch"], np.int64) and isinstance(raw["optimizer"]["param_groups"][0]["lr"], np.float64)
+        state = read_torch_state_dict(file)
+        assert "text_branch.embeddings.position_ids" in state and not any(k.startswith("module.") for k in state)
+        assert not {"optimizer", "scaler", "epoch"} & set(state)
+        model = load_model(file, tokenizer=tokenizer_dir, text_overrides={"config": {"num_attention_heads": 2}})
+        torch.testing.assert_close(embeddings(model, False)[0], hf_embeddings(hf, model.tokenize(CAPTIONS), False)[0],
+                                   atol=1e-5, rtol=0)
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 (pickle protocol)
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _WritesAFile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 (pickle protocol)
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("payload", [_RunsACommand, _WritesAFile])
+def test_checkpoint_with_code_is_refused_and_nothing_runs(tmp_path: Path, payload: type) -> None:
+    marker = tmp_path / "marker"
+    path = tmp_path / "630k-evil.pt"
+    torch.save({"epoch": np.int64(1), "state_dict": {"module.x": torch.ones(1)}, "optimizer": payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"630k-evil.pt: refused: it holds the Python global '[\w.]+'.*Nothing "
+                                              r"was executed"):
         load_model(path)
+    assert not marker.exists()
+    other = tmp_path / "args.pt"
+    torch.save({"state_dict": {"x": torch.ones(1)}, "args": Path("/tmp")}, other)
+    with pytest.raises(CheckpointError, match="refused: it holds the Python global 'pathlib"):
+        load_model(other)
 
 
 def test_audio_tower_starts_from_laion_and_transformers_checkpoints(tmp_path: Path) -> None:

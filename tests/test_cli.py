@@ -133,3 +133,73 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["zeroshot", "--model", "m", "a.wav"])  # neither --labels nor --labels-file
     assert exc.value.code == 2
+
+
+@pytest.fixture()
+def folder_with_a_corrupt_file(clips: list[Path], tmp_path: Path) -> Path:
+    """The two good clips plus an undecodable .wav and an empty .flac, in one folder (sorted order:
+    a.wav, b.flac, broken.wav, empty.flac)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for clip in clips:
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wave file" * 4)
+    (folder / "empty.flac").write_bytes(b"")
+    return folder
+
+
+def test_unreadable_files_in_a_folder_are_skipped_and_listed(
+    model_dir: Path, folder_with_a_corrupt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = folder_with_a_corrupt_file
+    bad = [str(folder / "broken.wav"), str(folder / "empty.flac")]
+    good = [str(folder / "a.wav"), str(folder / "b.flac")]
+
+    out = tmp_path / "emb.jsonl"
+    assert _run("embed", "--model", model_dir, "--audio", folder, "--out", out) == 1
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == good
+    with (tmp_path / "emb.jsonl.errors.csv").open() as fh:
+        errors = list(csv.DictReader(fh))
+    assert [e["path"] for e in errors] == bad and all(e["reason"] for e in errors)
+    err = capsys.readouterr().err
+    assert f"clap embed: skipped {bad[0]}: " in err and f"clap embed: skipped {bad[1]}: " in err
+    assert "2 of 4 audio files skipped as unreadable" in err and "emb.jsonl.errors.csv" in err
+
+    out_csv = tmp_path / "zs.csv"
+    assert _run("zeroshot", "--model", model_dir, "--labels", ",".join(LABELS), folder, "--format", "csv",
+                "--out", out_csv) == 1
+    with out_csv.open() as fh:
+        assert [row["path"] for row in csv.DictReader(fh)] == good
+    assert (tmp_path / "zs.csv.errors.csv").read_text().count("\n") == 3  # header + the two bad files
+
+    # --strict: stop at the first unreadable file, name it, exit 2
+    assert _run("embed", "--model", model_dir, "--audio", folder, "--out", tmp_path / "strict.npy", "--strict") == 2
+    assert "broken.wav" in capsys.readouterr().err and not (tmp_path / "strict.npy").exists()
+
+    # once the folder is clean, the run succeeds and the stale errors file is gone
+    for path in bad:
+        Path(path).unlink()
+    assert _run("embed", "--model", model_dir, "--audio", folder, "--out", out) == 0
+    assert not (tmp_path / "emb.jsonl.errors.csv").exists()
+
+
+def test_laion_checkpoint_takes_a_tokenizer_folder(tmp_path: Path, clips: list[Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`--tokenizer` on both commands; without it the error names the file and the argument."""
+    from tests.test_checkpoint import laion_state_dict, make_roberta_tokenizer, save_laion, tiny_hf_clap
+
+    checkpoint = save_laion(tmp_path / "630k-tiny.pt", laion_state_dict(tiny_hf_clap(False), False))
+    tokenizer = make_roberta_tokenizer(tmp_path / "tok")
+    assert _run("zeroshot", "--model", checkpoint, "--tokenizer", tokenizer, "--labels", "dog,rain", clips[0],
+                "--out", tmp_path / "zs.json") == 0
+    assert json.loads((tmp_path / "zs.json").read_text())["results"][0]["path"] == str(clips[0])
+    assert _run("embed", "--model", checkpoint, "--tokenizer", tokenizer, "--text", "a dog", "--out",
+                tmp_path / "t.npy") == 0
+    capsys.readouterr()
+
+    assert _run("embed", "--model", checkpoint, "--text", "a dog", "--out", tmp_path / "t2.npy") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("clap embed: error: 630k-tiny.pt needs the RoBERTa tokenizer 'roberta-base', which is not "
+                          "available offline: pass tokenizer=<folder> (ClapInference/load_model) or --tokenizer "
+                          "<folder> (clap CLI, eval stages)")
+    assert err.count("roberta-base") == 1

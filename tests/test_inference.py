@@ -123,3 +123,22 @@ def test_bad_inputs_are_named(engine: ClapInference, tmp_path: Path) -> None:
         engine.zero_shot([(np.zeros(1000, np.float32), SR)], ["dog", "dog"])
     with pytest.raises(ValueError, match="placeholder"):
         engine.zero_shot([(np.zeros(1000, np.float32), SR)], ["dog"], template="a sound")
+
+
+def test_clap_inference_takes_a_tokenizer_for_laion_checkpoints(tmp_path: Path) -> None:
+    """``ClapInference(<LAION .pt>, tokenizer=<folder>)``, as the README shows; without it the error
+    names the checkpoint and where to pass the folder."""
+    from clap.model.text_encoders import ModelNotFoundLocally
+    from tests.test_checkpoint import laion_state_dict, make_roberta_tokenizer, save_laion, tiny_hf_clap
+
+    checkpoint = save_laion(tmp_path / "630k-tiny.pt", laion_state_dict(tiny_hf_clap(False), False))
+    tokenizer = make_roberta_tokenizer(tmp_path / "tok")
+    engine = ClapInference(checkpoint, device="cpu", tokenizer=tokenizer, progress=False)
+    assert engine.embed_text(["a dog barks"]).shape == (1, 512)
+
+    bare = ClapInference(checkpoint, device="cpu", progress=False)
+    with pytest.raises(ModelNotFoundLocally, match=r"^630k-tiny.pt needs the RoBERTa tokenizer 'roberta-base', which is "
+                                                   r"not available offline: pass tokenizer=<folder> \(ClapInference"):
+        bare.embed_text(["a dog barks"])
+    again = ClapInference(bare.model, device="cpu", tokenizer=tokenizer, progress=False)  # a loaded model too
+    torch.testing.assert_close(again.embed_text(["a dog barks"]), engine.embed_text(["a dog barks"]))

@@ -20,7 +20,8 @@ dropped, each for a stated reason (:data:`LAION_DROPPED`); the STFT/mel buffers 
 window masks are first checked against what our front-end and encoder compute. Everything else must
 match exactly: any key left over on either side is an error listing them.
 
-Every ``.pt`` is read with ``torch.load(weights_only=True)``.
+Every ``.pt`` is read by :func:`clap.model.torch_files.read_torch_state_dict` (``weights_only=True``,
+numpy scalars allowed, trainer state dropped).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from clap.model.model import ClapConfig, ClapModel
 from clap.model.presets import AUDIO_PRESETS, TEXT_PRESETS, merge_overrides
 from clap.model.text_encoders import ModelNotFoundLocally
+from clap.model.torch_files import CheckpointError, read_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +100,6 @@ _ROBERTA_ARCH_KEYS = (
     "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
     "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit; the message names the file and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,31 +161,6 @@ def _load_strict(module: nn.Module, state: dict[str, Tensor], source: str, renam
 # ---------------------------------------------------------------------------------------------------
 # LAION-CLAP checkpoints
 # ---------------------------------------------------------------------------------------------------
-def read_torch_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The state dict in a ``.pt``/``.ckpt``/``.pth`` (``state_dict`` or ``model`` entry, or the file
-    itself), with DDP's ``module.`` prefix removed. Loaded with ``weights_only=True``."""
-    path = Path(path)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({type(exc).__name__}: {exc}); "
-            "only plain tensors/dicts are accepted, never pickled code"
-        ) from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def _expected_stft_kernels(n_fft: int = 1024) -> tuple[Tensor, Tensor]:
     """Real and imaginary DFT kernels times a periodic Hann window, shaped [n_fft//2+1, 1, n_fft]."""
     n = torch.arange(n_fft, dtype=torch.float64)
@@ -637,4 +610,5 @@ def load_model(
             f"{path}: no such file or folder (expected a model folder, a LAION-CLAP .pt or a transformers CLAP folder)"
         )
     model = loader()
+    model.text_encoder.tokenizer_owner = path.name  # the missing-tokenizer error names the file
     return model.to(device).eval()

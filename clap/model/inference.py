@@ -83,6 +83,19 @@ def load_clip(item: AudioItem, index: int = 0, sample_rate: int = SAMPLE_RATE) -
     return mono
 
 
+#: What reading an audio item may raise when the item itself is bad (missing, undecodable, empty, NaN).
+UNREADABLE_AUDIO = (OSError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class SkippedAudio:
+    """An audio item left out because it could not be read: its position, name and the reason."""
+
+    index: int
+    item: str
+    reason: str
+
+
 @dataclass
 class ZeroShotResult:
     """Class probabilities [N, L] of N clips over ``labels`` (softmax of the scaled similarities)."""
@@ -114,6 +127,8 @@ class ClapInference:
     ``model``: a loaded :class:`ClapModel` or anything ``clap.model.checkpoint.load_model`` reads.
     ``fill``: how clips shorter than 10 s are filled (``repeatpad``, the reference's default).
     ``mel``: front-end settings; by default the model's recipe (HTK with fusion, Slaney without).
+    ``tokenizer``: a tokenizer folder (or hub name) replacing the model's, e.g. a local copy of
+    roberta-base for the released LAION-CLAP ``.pt`` files, which hold no tokenizer.
     """
 
     def __init__(
@@ -125,6 +140,7 @@ class ClapInference:
         fill: FillMode = "repeatpad",
         mel: MelConfig | None = None,
         allow_download: bool = False,
+        tokenizer: str | Path | None = None,
         progress: bool = True,
     ) -> None:
         if batch_size < 1:
@@ -132,8 +148,11 @@ class ClapInference:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, ClapModel):
             self.model = model.to(self.device)
+            if tokenizer is not None:
+                self.model.text_encoder.use_tokenizer(str(tokenizer))
         else:
-            self.model = load_model(model, device=self.device, allow_download=allow_download)
+            self.model = load_model(model, device=self.device, allow_download=allow_download,
+                                    tokenizer=None if tokenizer is None else str(tokenizer))
         self.model.eval()
         self.batch_size = batch_size
         self.fill: FillMode = fill
@@ -144,20 +163,40 @@ class ClapInference:
     def fusion(self) -> bool:
         return bool(self.model.config.fusion)
 
+    def _read_batch(self, items: list[AudioItem], start: int, skipped: list[SkippedAudio] | None) -> list[Tensor]:
+        """The readable clips of ``items`` (positions from ``start``); unreadable ones raise, or are
+        appended to ``skipped`` when it is a list."""
+        clips = []
+        for index, item in enumerate(items, start):
+            try:
+                clips.append(load_clip(item, index))
+            except UNREADABLE_AUDIO as exc:
+                if skipped is None:
+                    raise
+                skipped.append(SkippedAudio(index=index, item=describe_item(item, index), reason=str(exc)))
+                logger.warning("skipped %s (%s)", describe_item(item, index), exc)
+        return clips
+
     @torch.no_grad()
-    def embed_audio(self, items: Sequence[AudioItem], batch_size: int | None = None) -> Tensor:
-        """Unit-length embeddings [N, embed_dim] (float32, CPU) of N audio items, in input order."""
+    def embed_audio(
+        self, items: Sequence[AudioItem], batch_size: int | None = None, *, skipped: list[SkippedAudio] | None = None
+    ) -> Tensor:
+        """Unit-length embeddings [N, embed_dim] (float32, CPU) of N audio items, in input order.
+
+        An unreadable item raises, unless ``skipped`` is a list: then it is left out (the result has a
+        row per readable item, in input order) and recorded there with its reason."""
         items = list(items)
         size = batch_size or self.batch_size
         out: list[Tensor] = []
         with tqdm(total=len(items), unit="clip", desc="audio", disable=not self.progress or not items) as bar:
             for part in _batches(len(items), size):
-                clips = [load_clip(item, part.start + j) for j, item in enumerate(items[part])]
-                features = prepare_audio_features(
-                    clips, fusion=self.fusion, fill=self.fill, training=False, mel=self.mel, device=self.device
-                )
-                out.append(self.model.encode_audio(features.input_features, features.is_longer).float().cpu())
-                bar.update(len(clips))
+                clips = self._read_batch(items[part], part.start, skipped)
+                if clips:
+                    features = prepare_audio_features(
+                        clips, fusion=self.fusion, fill=self.fill, training=False, mel=self.mel, device=self.device
+                    )
+                    out.append(self.model.encode_audio(features.input_features, features.is_longer).float().cpu())
+                bar.update(part.stop - part.start)
         return torch.cat(out) if out else torch.empty(0, self.model.config.embed_dim)
 
     @torch.no_grad()
@@ -183,10 +222,12 @@ class ClapInference:
         labels: Sequence[str],
         template: str = DEFAULT_TEMPLATE,
         batch_size: int | None = None,
+        *,
+        skipped: list[SkippedAudio] | None = None,
     ) -> ZeroShotResult:
         """Classify clips among ``labels``: each label becomes ``template.format(label=...)`` (the
         paper's "This is a sound of {label}."), and a clip's probabilities are the softmax of its
-        similarities to those texts times the model's logit scale."""
+        similarities to those texts times the model's logit scale. ``skipped``: as in :meth:`embed_audio`."""
         labels = [str(label) for label in labels]
         if not labels:
             raise ValueError("zero_shot: no labels given")
@@ -196,6 +237,6 @@ class ClapInference:
         if "{label}" not in template:
             raise ValueError(f"zero_shot: template {template!r} has no {{label}} placeholder")
         text = self.embed_text([template.format(label=label) for label in labels])
-        audio = self.embed_audio(audio_items, batch_size)
+        audio = self.embed_audio(audio_items, batch_size, skipped=skipped)
         scale = self.model.logit_scale_a.exp().float().cpu()
         return ZeroShotResult(labels=labels, probabilities=(scale * audio @ text.T).softmax(dim=1))

@@ -41,6 +41,11 @@ TEXT_FAMILIES: dict[str, tuple[type[PreTrainedConfig], type[nn.Module]]] = {
     "clip": (CLIPTextConfig, CLIPTextModel),
 }
 POOLINGS = ("pooler", "mean")
+#: How messages name each family's tokenizer.
+FAMILY_NAMES = {"roberta": "RoBERTa", "bert": "BERT", "clip": "CLIP"}
+#: Where a user passes a tokenizer folder (named by the missing-tokenizer error).
+TOKENIZER_HELP = "pass tokenizer=<folder> (ClapInference/load_model) or --tokenizer <folder> (clap CLI, eval stages)"
+_DOWNLOAD_HELP = ", or allow downloads (allow_download=True / --allow-download)"
 
 #: Bookkeeping entries of a transformers config that say nothing about the architecture.
 _CONFIG_NOISE = ("_name_or_path", "transformers_version", "architectures", "id2label", "label2id")
@@ -74,8 +79,9 @@ def from_local_or_hub(loader: Any, ref: str, what: str, *, allow_download: bool,
     except (OSError, ValueError) as exc:
         if is_local:
             raise ValueError(f"{source}: cannot load the {what} from this folder ({type(exc).__name__}: {exc})") from exc
+        subject = what if f"'{ref}'" in what else f"{what} '{ref}'"
         raise ModelNotFoundLocally(
-            f"{what} '{ref}' not found locally; pass a local path or set allow_download: true / HF_HUB_OFFLINE=0 "
+            f"{subject} not found locally; pass a local path or set allow_download: true / HF_HUB_OFFLINE=0 "
             f"({type(exc).__name__}: {exc})"
         ) from exc
 
@@ -114,7 +120,10 @@ class TextEncoder(nn.Module):
         config_cls, model_cls = TEXT_FAMILIES[family]
         self.name, self.pooling, self.max_length = name, spec["pooling"], int(max_length)
         self.allow_download = allow_download
+        self.family = family
         self.tokenizer_ref = tokenizer or spec.get("tokenizer")
+        #: What the missing-tokenizer error names as needing it (a checkpoint file, when imported).
+        self.tokenizer_owner = f"text encoder '{name}'"
         self._tokenizer: Any = None
 
         source = weights or spec.get("source")
@@ -137,16 +146,27 @@ class TextEncoder(nn.Module):
     def tokenizer(self) -> Any:
         """The tokenizer (loaded from ``tokenizer_ref`` on first use)."""
         if self._tokenizer is None:
+            kind = FAMILY_NAMES.get(self.family, self.family)
             if not self.tokenizer_ref:
-                raise ModelNotFoundLocally(
-                    f"text encoder '{self.name}' has no tokenizer; pass one (ClapConfig.tokenizer: a local "
-                    "tokenizer folder or hub name)"
+                raise ModelNotFoundLocally(f"{self.tokenizer_owner} has no {kind} tokenizer of its own: {TOKENIZER_HELP}")
+            help_text = TOKENIZER_HELP if self.allow_download else TOKENIZER_HELP + _DOWNLOAD_HELP
+            try:
+                self._tokenizer = from_local_or_hub(
+                    AutoTokenizer.from_pretrained, self.tokenizer_ref, f"tokenizer of {self.tokenizer_owner}",
+                    allow_download=self.allow_download,
                 )
-            self._tokenizer = from_local_or_hub(
-                AutoTokenizer.from_pretrained, self.tokenizer_ref, f"tokenizer of text encoder '{self.name}'",
-                allow_download=self.allow_download,
-            )
+            except ModelNotFoundLocally as exc:
+                logger.debug("tokenizer lookup failed: %s", exc)
+                where = "locally or from the hub" if self.allow_download else "offline"
+                raise ModelNotFoundLocally(
+                    f"{self.tokenizer_owner} needs the {kind} tokenizer '{self.tokenizer_ref}', which is not available "
+                    f"{where}: {help_text}"
+                ) from exc
         return self._tokenizer
+
+    def use_tokenizer(self, ref: str) -> None:
+        """Replace the tokenizer by the one at ``ref`` (a folder or hub name), loaded on first use."""
+        self.tokenizer_ref, self._tokenizer = str(ref), None
 
     @tokenizer.setter
     def tokenizer(self, value: Any) -> None:
