@@ -5,6 +5,9 @@
 
 Each row of experiments/<table>.yaml has a `full` variant (the paper's configuration, for GPUs and
 real data) and a `cpu` twin (the same comparison on the embedded corpus, runnable on a laptop).
+A row may list `requires`: params keys that only the user can give (e.g. `captions.k2c_model`, a
+local model folder); the row is runnable once its variant or `--set` gives every one of them.
+A variant of `null` is never runnable.
 `queue` turns the chosen variant of every row into `dvc exp run --queue --name <table>-<row> -S ...`;
 `--run` then starts DVC's queue (`dvc queue start`) and waits for it. Compare with `dvc exp show`
 and `make report`.
@@ -13,15 +16,18 @@ and `make report`.
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from clap.overrides import dotted_keys, set_args
 
 
 @dataclass
@@ -29,10 +35,25 @@ class ExperimentRow:
     table: str
     name: str
     overrides: dict[str, Any] | None
+    requires: tuple[str, ...] = ()
 
     @property
     def experiment_name(self) -> str:
         return f"table{self.table}-{self.name}"
+
+    def missing(self) -> list[str]:
+        """The ``requires`` keys the overrides do not give yet (all of them when there is no variant)."""
+        return [key for key in self.requires if self.overrides is None or self.overrides.get(key) is None]
+
+    @property
+    def runnable(self) -> bool:
+        return self.overrides is not None and not self.missing()
+
+    def with_extra(self, extra: dict[str, Any]) -> ExperimentRow:
+        """The row with ``--set`` overrides on top of its own; a row without a variant stays so."""
+        if self.overrides is None:
+            return self
+        return ExperimentRow(self.table, self.name, {**self.overrides, **extra}, self.requires)
 
 
 def load_table(path: Path, variant: str) -> list[ExperimentRow]:
@@ -43,43 +64,40 @@ def load_table(path: Path, variant: str) -> list[ExperimentRow]:
     for row in spec["rows"]:
         if variant not in row:
             raise ValueError(f"{path}: row '{row.get('name')}' has no '{variant}' variant")
-        rows.append(ExperimentRow(str(spec["table"]), row["name"], row[variant]))
+        requires = row.get("requires") or []
+        if not isinstance(requires, list) or not all(isinstance(key, str) for key in requires):
+            raise ValueError(f"{path}: row '{row.get('name')}': 'requires' must be a list of params keys")
+        rows.append(ExperimentRow(str(spec["table"]), row["name"], row[variant], tuple(requires)))
     return rows
 
 
-def _flatten(params: dict[str, Any], prefix: str = "") -> set[str]:
-    keys = set()
-    for key, value in params.items():
-        keys.add(prefix + key)
-        if isinstance(value, dict):
-            keys |= _flatten(value, f"{prefix}{key}.")
-    return keys
+def check_overrides(rows: list[ExperimentRow], params: Path | Mapping[str, Any]) -> None:
+    """`dvc exp run -S` only overrides keys that exist in params.yaml: say which do not, up front.
 
-
-def check_overrides(rows: list[ExperimentRow], params_path: Path) -> None:
-    """`dvc exp run -S` only overrides keys that exist in params.yaml: say which do not, up front."""
-    known = _flatten(yaml.safe_load(params_path.read_text()))
+    ``params`` is the params file or its parsed content.
+    """
+    where = str(params) if isinstance(params, Path) else "params.yaml"
+    known = dotted_keys(yaml.safe_load(params.read_text()) if isinstance(params, Path) else params)
     for row in rows:
-        unknown = sorted(set(row.overrides or {}) - known)
+        unknown = sorted((set(row.overrides or {}) | set(row.requires)) - known)
         if unknown:
-            raise ValueError(f"experiment {row.experiment_name}: {unknown} are not keys of {params_path}")
+            raise ValueError(f"experiment {row.experiment_name}: {unknown} are not keys of {where}")
 
 
-def set_args(overrides: dict[str, Any]) -> list[str]:
-    """``{"fusion": True, "train_sets": ["a"]}`` -> ``["-S", "fusion=true", "-S", 'train_sets=["a"]']``."""
-    args = []
-    for key, value in overrides.items():
-        args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return args
+def skip_reason(row: ExperimentRow) -> str:
+    if row.overrides is None:
+        return "no variant runnable here (see the table file)"
+    return "needs " + ", ".join(f"--set {key}=..." for key in row.missing())
 
 
-def queue_rows(rows: list[ExperimentRow], extra: dict[str, Any], repo: Path) -> list[str]:
+def queue_rows(rows: list[ExperimentRow], repo: Path) -> list[str]:
+    """``dvc exp run --queue`` for every runnable row (overrides already merged); the others are named."""
     queued = []
     for row in rows:
-        if row.overrides is None:
-            print(f"skip {row.experiment_name}: no variant runnable here (see the table file)", file=sys.stderr)
+        if not row.runnable:
+            print(f"skip {row.experiment_name}: {skip_reason(row)}", file=sys.stderr)
             continue
-        cmd = ["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *set_args({**row.overrides, **extra})]
+        cmd = ["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *set_args(row.overrides or {})]
         print(" ".join(cmd))
         subprocess.run(cmd, cwd=repo, check=True)
         queued.append(row.experiment_name)
@@ -99,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = load_table(args.table, "full" if args.full else "cpu")
     extra = {key: yaml.safe_load(value) for key, _, value in (s.partition("=") for s in args.sets)}
-    runnable = [ExperimentRow(r.table, r.name, {**r.overrides, **extra}) if r.overrides is not None else r for r in rows]
-    check_overrides([r for r in runnable if r.overrides is not None], args.repo / "params.yaml")
+    rows = [row.with_extra(extra) for row in rows]
+    check_overrides([r for r in rows if r.overrides is not None], args.repo / "params.yaml")
     if args.command == "list":
-        for row in runnable:
-            print(row.experiment_name, " ".join(set_args(row.overrides)) if row.overrides else "(not runnable here)")
+        for row in rows:
+            print(row.experiment_name, shlex.join(set_args(row.overrides or {})) if row.runnable
+                  else f"(not runnable: {skip_reason(row)})")
         return 0
-    queue_rows(rows, extra, args.repo)
+    queue_rows(rows, args.repo)
     if args.run:
         subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=args.repo, check=True)
         while "Queued" in (status := subprocess.run(["dvc", "queue", "status"], cwd=args.repo, capture_output=True,

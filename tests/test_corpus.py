@@ -29,8 +29,9 @@ from clap.corpus import (
     set_ogg_serial,
 )
 from clap.data.manifest import ManifestRow, sha256_file
-from clap.params import ParamsError, load_params
+from clap.params import ParamsError
 from clap.stages import corpus as corpus_stage
+from tests.repo_copy import committed_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -296,7 +297,7 @@ def test_ogg_serial_rewrite_makes_vorbis_output_reproducible():
 
 
 def test_config_reads_params_and_names_bad_keys():
-    params = load_params(REPO / "params.yaml")
+    params = committed_params()  # the defaults as committed, whatever the workspace's params.yaml holds
     config = CorpusConfig.from_params(params)
     corpus = params["corpus"]
     assert config.seed == corpus["seed"] and config.captioned == corpus["captioned"]
