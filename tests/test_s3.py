@@ -297,7 +297,7 @@ def test_an_unreachable_endpoint_fails_once_naming_the_uri_and_the_fix(
     defaults = S3Settings()
     client = make_s3_client(endpoint, settings=defaults)
     # every client is bounded: ~attempts x connect timeout (+ botocore's backoff) before it gives up
-    assert (client.meta.config.connect_timeout, client.meta.config.retries["max_attempts"]) == (5.0, 3)
+    assert (client.meta.config.connect_timeout, client.meta.config.retries["total_max_attempts"]) == (5.0, 3)
     with caplog.at_level(logging.WARNING), pytest.raises(S3AccessError) as info:
         mirror_prefix("s3://some-bucket/clotho", tmp_path / "cache", endpoint_url=endpoint, progress=False)
     message = str(info.value)
@@ -305,3 +305,29 @@ def test_an_unreachable_endpoint_fails_once_naming_the_uri_and_the_fix(
     assert "AWS_ENDPOINT_URL" in message and "`endpoint_url`" in message
     # an endpoint that never answered is not retried again on top of botocore's own attempts
     assert "retry 1/" not in caplog.text
+
+
+def test_a_blackholed_endpoint_costs_botocores_attempts_only(
+    s3_env: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a listener that never accepts, its backlog full: new connections hang like packets sent into a void
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    short = S3Settings(max_attempts=2, connect_timeout_s=0.3)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(S3AccessError) as info:
+            mirror_prefix("s3://some-bucket/x", tmp_path / "cache", endpoint_url=f"http://127.0.0.1:{port}",
+                          settings=short, progress=False)
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
+    assert "could not reach the S3 endpoint" in str(info.value) and "ConnectTimeoutError" in str(info.value)
+    assert "retry 1/" not in caplog.text  # 2 attempts x 0.3 s, not 5 x that

@@ -13,6 +13,11 @@ boto3 reads itself) unless a source gives ``endpoint_url``.
 Transient failures are retried twice over: botocore retries each request (standard mode,
 ``max_attempts``), and each object is retried again with exponential backoff when the endpoint
 stays unreachable for longer than botocore's attempts last (a restarting server, a network blip).
+
+Every client has a connect timeout (5 s) and a bounded number of attempts (3), and an endpoint that
+never answered in this run is not retried beyond botocore's attempts: a wrong or unreachable
+endpoint (a closed port, a host that drops packets) fails within about 20 s with one error naming
+the URI, the endpoint and the fix. Once the endpoint has answered, outages are retried as above.
 """
 
 from __future__ import annotations
@@ -96,11 +101,11 @@ def is_s3_uri(path: str | Path) -> bool:
 class S3Settings:
     """How hard to try. Defaults suit a real bucket; tests shrink the waits."""
 
-    max_attempts: int = 5  # botocore attempts per request (standard retry mode)
-    object_retries: int = 4  # further tries per object, after botocore's, with backoff
+    max_attempts: int = 3  # botocore attempts per request (standard retry mode), the first included
+    object_retries: int = 4  # further tries per object once the endpoint has answered, with backoff
     backoff_s: float = 0.5  # first wait; doubles each try, capped at 30 s
     workers: int = 8  # parallel downloads
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0  # per attempt: an unreachable endpoint costs about attempts x this
     read_timeout_s: float = 60.0
 
     @classmethod
@@ -111,6 +116,8 @@ class S3Settings:
             object_retries=int(ingest.get("s3_object_retries", base.object_retries)),
             backoff_s=float(ingest.get("s3_backoff_s", base.backoff_s)),
             workers=int(ingest.get("s3_workers", base.workers)),
+            connect_timeout_s=float(ingest.get("s3_connect_timeout_s", base.connect_timeout_s)),
+            read_timeout_s=float(ingest.get("s3_read_timeout_s", base.read_timeout_s)),
         )
 
 
@@ -149,12 +156,20 @@ def make_s3_client(
             f"AWS profile '{profile}' not found ({exc}); define it in ~/.aws/config or drop it"
         ) from exc
     config = botocore.config.Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first try (botocore's max_attempts would count retries only)
+        retries={"total_max_attempts": max(1, settings.max_attempts), "mode": "standard"},
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
         max_pool_connections=max(10, settings.workers * 2),
     )
     return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """The endpoint could not be reached at all (refused, timed out connecting, no route, bad host)."""
+    return isinstance(
+        exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)
+    )
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -201,8 +216,9 @@ def explain_s3_error(
         return S3AccessError(f"{what}: S3 request failed{where} ({code}: {message})")
     if isinstance(exc, _CONNECTION_ERRORS):
         return S3AccessError(
-            f"{what}: could not reach the S3 endpoint{where} after retrying ({type(exc).__name__}: {exc}); "
-            "check AWS_ENDPOINT_URL / the source's `endpoint_url` and the network"
+            f"{what}: could not reach the S3 endpoint{where or ' (AWS default)'} after retrying "
+            f"({type(exc).__name__}: {exc}); check the endpoint URL (AWS_ENDPOINT_URL / the source's "
+            "`endpoint_url`: scheme, host and port), that the server is running, and the network or proxy"
         )
     return S3AccessError(f"{what}: {type(exc).__name__}: {exc}")
 
@@ -214,15 +230,19 @@ class _Retrier:
         self.settings = settings
         self.what = what
         self.retries = 0
+        self.reached = False  # the endpoint answered a request in this run
         self._lock = threading.Lock()
 
     def __call__(self, fn: Callable[[], T], label: str) -> T:
         delay = self.settings.backoff_s
         for attempt in range(self.settings.object_retries + 1):
             try:
-                return fn()
+                result = fn()
+                self.reached = True
+                return result
             except Exception as exc:
-                if not _is_transient(exc) or attempt == self.settings.object_retries:
+                never_reached = is_connect_failure(exc) and not self.reached
+                if not _is_transient(exc) or never_reached or attempt == self.settings.object_retries:
                     raise
                 with self._lock:
                     self.retries += 1

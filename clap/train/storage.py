@@ -29,7 +29,7 @@ import boto3
 import pyarrow.fs
 
 from clap.data.remote_shards import storage_error
-from clap.data.s3 import S3Uri, is_s3_uri, make_s3_client
+from clap.data.s3 import S3Settings, S3Uri, is_s3_uri, make_s3_client
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) ->
     """An S3 file system for ``endpoint_url`` (default: AWS), credentials left to the AWS chain."""
     options: dict[str, object] = {
         "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        # the boto3 clients' bounds (clap.data.s3.S3Settings): an unreachable endpoint fails, it does not hang
+        "connect_timeout": S3Settings().connect_timeout_s,
+        "request_timeout": S3Settings().read_timeout_s,
     }
     if endpoint_url:
         parsed = urlparse(endpoint_url)
