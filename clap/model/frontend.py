@@ -422,3 +422,47 @@ def prepare_audio_features(
             for c, s in enumerate(starts, start=1):
                 features[i, c] = m[s : s + n_frames]
     return AudioFeatures(input_features=features, is_longer=is_longer.to(out_device))
+
+
+# -- training crops from a clip's precomputed mel (the cached training path; inference uses the above)
+def clip_training_mel(waveform: Tensor | np.ndarray, *, fusion: bool, fill: FillMode = "repeatpad",
+                      mel: MelConfig | None = None) -> tuple[Tensor, bool]:
+    """The mel [frames, n_mels] (float32) that a clip's training crops are drawn from, and whether
+    the clip counts as longer than 10 s. Clips of 10 s or less: the mel of the filled 10 s chunk,
+    exactly what ``prepare_audio_features`` computes for them; longer clips: the whole clip's mel,
+    from which :func:`training_crop` cuts views in frames (as the reference cuts fusion views)."""
+    cfg = mel or MelConfig.for_model(fusion)
+    x = _as_mono_tensor(0, waveform)
+    n = x.shape[-1]
+    longer = n > cfg.chunk_samples and not (fusion and cfg.num_frames(n) == cfg.chunk_frames)
+    if n <= cfg.chunk_samples:
+        x = fill_waveform(x, cfg.chunk_samples, fill)
+    extractor = _cached_logmel(cfg, str(x.device))
+    return extractor.from_padded(_padded_batch([x], extractor.pad, True, torch.float32))[0], longer
+
+
+def fusion_global_view(mel: Tensor, chunk_frames: int = 1001, *, antialias: bool = False) -> Tensor:
+    """Channel 0 of a long clip's fusion input: its whole mel resized (bilinear) to 1001 frames."""
+    return resize_frames(mel.double(), chunk_frames, antialias=antialias).float()
+
+
+def training_crop(mel: Tensor, longer: bool, *, fusion: bool, chunk_frames: int = 1001,
+                  global_view: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """One training input [C, 1001, n_mels] (float32) from a clip's :func:`clip_training_mel`.
+
+    Not longer: that mel in every channel. Longer, non-fusion: a 1001-frame crop starting at a frame
+    drawn uniformly at random (the reference draws the start in samples and computes that crop's
+    mel: the same frames but two at each end, whose STFT windows reach past the crop into reflect
+    padding there and into the clip's neighbouring samples here). Longer, fusion: ``global_view`` (or :func:`fusion_global_view`) and three
+    crops from the front, middle and back thirds of the start positions, as at inference but random.
+    """
+    mel = mel.float()
+    if not longer:
+        return mel[:chunk_frames].unsqueeze(0).expand(4 if fusion else 1, -1, -1)
+    if not fusion:
+        start = crop_start(mel.shape[0], chunk_frames, training=True, generator=generator)
+        return mel[start : start + chunk_frames].unsqueeze(0)
+    if global_view is None:
+        global_view = fusion_global_view(mel, chunk_frames)
+    starts = fusion_crop_starts(mel.shape[0], chunk_frames, training=True, generator=generator)
+    return torch.stack([global_view.float(), *(mel[s : s + chunk_frames] for s in starts)])

@@ -95,11 +95,20 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info("resumed from step %d of %d", step, total_steps)
 
-    model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": True})
-    batches = train_batches(
-        config["train_urls"], batch_size=config["batch_size"], target=objective.target,
-        shuffle_buffer=config["shuffle_buffer"], seed=config["seed"] + step, rank=rank, world_size=world_size,
-    )
+    step_module = objective.step_module(core) if hasattr(objective, "step_module") else core
+    model = ray.train.torch.prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
+    if config.get("data_mode", "stream") == "cached":  # decoded + mel once, crops in frames (clap.train.cached_data)
+        from clap.train.cached_data import cached_train_batches
+
+        batches = cached_train_batches(
+            config["train_urls"], batch_size=config["batch_size"], target=objective.target, seed=config["seed"] + step,
+            rank=rank, world_size=world_size, fusion=config["fusion"], feature_dtype=config["feature_cache_dtype"],
+        )
+    else:
+        batches = train_batches(
+            config["train_urls"], batch_size=config["batch_size"], target=objective.target,
+            shuffle_buffer=config["shuffle_buffer"], seed=config["seed"] + step, rank=rank, world_size=world_size,
+        )
     objective.load_eval()
     generator = torch.Generator().manual_seed(config["seed"] * 7919 + rank + step)
     fault = config.get("fault_injection") or {}
@@ -113,7 +122,8 @@ def train_loop(config: dict[str, Any]) -> None:
             Path(fault["marker"]).write_text(f"failed once at step {step + 1}\n")
             raise RuntimeError(f"injected failure at step {step + 1} on rank {rank}")
         with autocast:
-            loss = objective.loss(model, core, batch.waveforms, batch.targets, device, generator)
+            audio = batch.features if hasattr(batch, "features") else batch.waveforms  # cached: features
+            loss = objective.loss(model, core, audio, batch.targets, device, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config["grad_clip"]:

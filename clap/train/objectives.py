@@ -21,8 +21,10 @@ from clap.train.data import eval_pairs, eval_samples, pick_caption
 
 def _features(waveforms: Sequence[np.ndarray], fusion: bool, training: bool, device: torch.device,
               generator: torch.Generator | None = None):
-    from clap.model.frontend import prepare_audio_features
+    from clap.model.frontend import AudioFeatures, prepare_audio_features
 
+    if isinstance(waveforms, AudioFeatures):  # a cached-mode batch (clap.train.cached_data): already features
+        return waveforms.to(device)
     return prepare_audio_features(list(waveforms), fusion=fusion, training=training, generator=generator, device=device)
 
 
@@ -34,6 +36,7 @@ class ContrastiveObjective:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.rng = random.Random(config["seed"])
+        self.text_cache = None  # a frozen text tower's outputs per caption (per run), filled by loss()
 
     def build(self) -> nn.Module:
         from clap.train.loop import build_clap
@@ -44,15 +47,35 @@ class ContrastiveObjective:
         model.logit_scale_t.requires_grad_(False)
         return model
 
+    def step_module(self, core: nn.Module) -> nn.Module:
+        """The module a training step calls (and DDP wraps): ``core``'s forward that can take cached
+        text-tower outputs (clap.train.text_cache)."""
+        from clap.train.text_cache import ContrastiveStepModule
+
+        return ContrastiveStepModule(core)
+
     def target(self, meta: dict[str, Any]) -> str | None:
         return pick_caption(meta, self.config["caption_kinds"], self.rng)
 
     def loss(self, model: nn.Module, core: nn.Module, waveforms, targets, device, generator) -> torch.Tensor:
+        """A frozen text tower's outputs come from a per-run cache (only the projection runs); a
+        trained one sees its captions padded to the batch's longest. ``model`` is
+        :meth:`step_module`'s module (DDP-wrapped with several workers)."""
         from clap.model.loss import contrastive_loss
+        from clap.train.text_cache import ContrastiveStepModule, FrozenTextCache, tokenize_to_longest
 
+        if not isinstance(getattr(model, "module", model), ContrastiveStepModule):
+            if getattr(model, "module", model) is not model:
+                raise TypeError("ContrastiveObjective.loss: DDP must wrap objective.step_module(core), not the model")
+            model = ContrastiveStepModule(model)  # a plain loop over the bare model (benchmarks, tests)
         feats = _features(waveforms, self.config["fusion"], True, device, generator)
-        tokens = {k: v.to(device) for k, v in core.tokenize(list(targets)).items()}
-        out = model(feats.input_features, feats.is_longer, tokens["input_ids"], tokens["attention_mask"])
+        if core.config.freeze_text:
+            if self.text_cache is None:
+                self.text_cache = FrozenTextCache(core.text_encoder, device)
+            text = {"text_features": self.text_cache.features(list(targets))}
+        else:
+            text = {k: v.to(device) for k, v in tokenize_to_longest(core.text_encoder, list(targets)).items()}
+        out = model(feats.input_features, feats.is_longer, **text)
         return contrastive_loss(out.audio_embeds.float(), out.text_embeds.float(), out.logit_scale.float())
 
     def after_step(self, core: nn.Module) -> dict[str, float]:
