@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
-.PHONY: setup repro test serve report bench clean-venv
+.PHONY: setup repro test serve report experiments bench clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ serve: setup
 ## reports/report.md with the experiments table (`dvc exp show`).
 report: setup
 	$(BIN)/python -m clap.stages.report
+
+## Table 3's CPU rows x SEEDS as DVC experiments (commit first: the queue runs HEAD), then
+## reports/experiments/table3.md and table3.png (mean and std over seeds, by clip duration).
+SEEDS ?= 3407,1,2
+experiments: setup
+	$(BIN)/python -m clap.experiments queue experiments/table3.yaml --seeds $(SEEDS) --run
+	$(BIN)/python -m clap.report.table3 --table experiments/table3.yaml --out reports/experiments
 
 ## Throughput measurements (not part of the tests).
 bench: setup

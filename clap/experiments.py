@@ -8,7 +8,8 @@ real data) and a `cpu` twin (the same comparison on the embedded corpus, runnabl
 A row may list `requires`: params keys that only the user can give (e.g. `captions.k2c_model`, a
 local model folder); the row is runnable once its variant or `--set` gives every one of them.
 A variant of `null` is never runnable.
-`queue` turns the chosen variant of every row into `dvc exp run --queue --name <table>-<row> -S ...`;
+`queue` turns the chosen variant of every row into `dvc exp run --queue --name <table>-<row> -S ...`
+(with `--seeds 3407,1,2`: one run per seed, `-S seed=N`, named `<table>-<row>-s<N>`);
 `--run` then starts DVC's queue (`dvc queue start`) and waits for it. Compare with `dvc exp show`
 and `make report`.
 """
@@ -54,6 +55,19 @@ class ExperimentRow:
         if self.overrides is None:
             return self
         return ExperimentRow(self.table, self.name, {**self.overrides, **extra}, self.requires)
+
+    def with_seed(self, seed: int) -> ExperimentRow:
+        """The row for one seed: ``-S seed=<seed>`` (the train stage's seed), named ``<row>-s<seed>``."""
+        overrides = None if self.overrides is None else {**self.overrides, "seed": seed}
+        return ExperimentRow(self.table, f"{self.name}-s{seed}", overrides, self.requires)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 3407,1,2`` -> [3407, 1, 2]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 3407,1,2") from exc
 
 
 def load_table(path: Path, variant: str) -> list[ExperimentRow]:
@@ -112,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra override for every row (yaml value)")
     parser.add_argument("--run", action="store_true", help="start the DVC queue and wait for it")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="N,N,...",
+                        help="every row once per seed (-S seed=N), named <table>-<row>-s<N>")
     parser.add_argument("--repo", type=Path, default=Path("."))
     args = parser.parse_args(argv)
 
     rows = load_table(args.table, "full" if args.full else "cpu")
     extra = {key: yaml.safe_load(value) for key, _, value in (s.partition("=") for s in args.sets)}
     rows = [row.with_extra(extra) for row in rows]
+    if args.seeds:
+        rows = [row.with_seed(seed) for row in rows for seed in args.seeds]
     check_overrides([r for r in rows if r.overrides is not None], args.repo / "params.yaml")
     if args.command == "list":
         for row in rows:

@@ -70,3 +70,24 @@ def test_caption_param_reruns_only_captions_and_shards(repo: Path) -> None:
     manifest = read_manifest(repo / "data/manifest/captions.jsonl")
     templated = [c for r in manifest for c in r.augmented.get("template", [])]
     assert templated and all(c.startswith("a recording of ") for c in templated)
+
+
+def test_renamed_zero_shot_set_reproduces_with_its_report_folders(repo: Path) -> None:
+    """eval_zeroshot's outputs do not depend on set names: renaming the set in params (as a user adding
+    a set would) re-runs the stage cleanly. A tiny random model stands in for the train stage's."""
+    import yaml
+
+    from tests.tiny_clap import save_tiny_model
+
+    save_tiny_model(repo / "data/models/clap", fusion=False)
+    (repo / "reports/eval/zeroshot/builtin_esc").mkdir(parents=True, exist_ok=True)  # as an earlier run under the old name left it
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["eval_zeroshot"]["sets"] = [{"name": "esc_renamed", "shards": "builtin_esc/test"}]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "--single-item", "eval_zeroshot"], repo)
+    metrics = json.loads((repo / "reports/eval/zeroshot.json").read_text())
+    assert metrics["esc_renamed.complete"] is True and metrics["esc_renamed.classes_expected"] == 13
+    assert (repo / "reports/eval/zeroshot_plots/esc_renamed/confusion.png").is_file()
+    assert (repo / "reports/eval/zeroshot/esc_renamed/dropped.csv").is_file()
+    assert not (repo / "reports/eval/zeroshot/builtin_esc").exists()  # the old set's folder is gone
+    assert "esc_renamed.top1" in run(["dvc", "metrics", "show"], repo).stdout

@@ -39,3 +39,50 @@ def test_a_partial_set_is_marked_and_never_placed_beside_the_paper(tmp_path: Pat
     assert "esc50 (ESC-50 zero-shot top-1)" not in report          # not beside the paper's 91.0
     assert "- esc50 is partial: 26/49 clips, 8/13 classes scored: not comparable with the paper's ESC-50" in report
     assert "| us8k (UrbanSound8K zero-shot top-1) | 70.0 | 77.0 | -7.0 |" in report  # complete: compared
+
+
+def _exp(name: str | None, rev: str, params: dict, metrics: dict, children: list | None = None) -> dict:
+    """One entry of `dvc exp show --json` (DVC 3): params and metrics files under ``data``."""
+    node = {"rev": rev, "name": name, "error": None, "experiments": children,
+            "data": {"rev": rev, "params": {"params.yaml": {"data": params}},
+                     "metrics": {file: {"data": values} for file, values in metrics.items()}}}
+    return node
+
+
+def _table3_run(row: str, seed: int, fusion: bool, zs: float, zs_long: float, r10: float) -> dict:
+    params = {"seed": seed, "fusion": fusion, "train_sets": ["builtin_captions"], "caption_augmentation": "none",
+              "train": {"val_set": "builtin_captions/val"}, "eval_retrieval": {"sets": ["builtin_captions/test"]},
+              "eval_zeroshot": {"sets": [{"name": "builtin_esc", "shards": "builtin_esc/test"}]}}
+    metrics = {"reports/train/metrics.json": {"val_t2a_map10": 0.25},
+               "reports/eval/retrieval.json": {"builtin_captions_test.t2a_r10": r10, "builtin_captions_test.complete": True,
+                                               "builtin_captions_test.dur_gt10s.t2a_r10": r10 / 2},
+               "reports/eval/zeroshot.json": {"builtin_esc.top1": zs, "builtin_esc.dur_gt10s.top1": zs_long,
+                                              "builtin_esc.dur_le10s.top1": zs, "builtin_esc.complete": True}}
+    return _exp(f"table3-{row}-s{seed}", f"{row}{seed}", params, metrics)
+
+
+def test_table3_from_a_hand_made_exp_show(tmp_path: Path) -> None:
+    from clap.report.table3 import write_table3
+    from tests.repo_copy import REPO_ROOT
+
+    runs = [_table3_run("captions-only", s, False, zs, zs_long, 0.5) for s, zs, zs_long in
+            ((1, 0.10, 0.00), (2, 0.20, 0.10), (3, 0.30, 0.20))]
+    runs += [_table3_run("captions-only-fusion", s, True, zs, zs_long, 0.6) for s, zs, zs_long in
+             ((1, 0.20, 0.40), (2, 0.20, 0.40), (3, 0.20, 0.40))]
+    baseline = _exp("main", "abc1234", {"seed": 3407}, {"reports/eval/zeroshot.json": {"builtin_esc.top1": 0.9}},
+                    children=[{"revs": runs, "name": None}])
+    exp_show = [_exp(None, "workspace", {"seed": 3407}, {}), baseline]
+    markdown, figure = write_table3(REPO_ROOT / "experiments/table3.yaml", exp_show, tmp_path)
+    text = markdown.read_text()
+    # zero-shot top-1 of captions-only over seeds 0.1, 0.2, 0.3: mean 20.0, sample std 10.0
+    assert "| captions-only | train_sets=['builtin_captions'], fusion=False, caption_augmentation=none | 3 | 25.0 ± 0.0 |" in text
+    assert "| 20.0 ± 10.0 |" in text.split("\n## By clip duration")[0]
+    by_duration = text.split("## By clip duration")[1].split("##")[0]
+    assert "| captions-only-fusion | — | — | 20.0 ± 0.0 | 30.0 ± 0.0 | — | 40.0 ± 0.0 |" in by_duration
+    # fusion on minus off, long clips: 40.0 - 10.0 = +30.0 points of zero-shot top-1
+    assert "- captions-only-fusion vs captions-only: " in text and "zero-shot top-1 > 10 s: +30.0" in text
+    assert "`builtin_captions/val` (`train.val_set`, a validation split)" in text
+    assert "never used to select" in text and "Seeds: 1, 2, 3" in text and "3 per row" in text
+    assert "Rows without runs: plus-labels-template, plus-labels-template-fusion, plus-labels-k2c" in text
+    assert "| 90.0" not in text  # the baseline is no seed of any row
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
