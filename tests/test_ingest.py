@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from clap.data.ingest import IngestConfig, IngestOutputs, exclude_overlap, run_ingest
 from clap.data.manifest import ManifestRow, read_manifest, sha256_file
+from clap.data.overlap import OVERLAP_COLUMNS
 from clap.data.sources import parse_sources
 from clap.data.validation import DataValidationError, validate_dataframe
 from clap.stages import ingest as ingest_stage
@@ -221,3 +223,75 @@ def test_stage_runs_as_module_and_writes_its_outs(tmp_path: Path, make_audio) ->
     assert json.loads((tmp_path / "reports/data/ingest.json").read_text())["counts"] == {"mine": {"train": 1}}
     assert (tmp_path / "reports/data/gx/ingest/ingest.json").is_file()
     assert (tmp_path / "reports/data/gx/ingest/docs/index.html").is_file()
+    assert (tmp_path / "reports/data/overlaps.csv").read_text() == ",".join(OVERLAP_COLUMNS) + "\n"
+
+
+def test_a_bad_byte_in_metadata_is_one_line_and_exit_1_not_a_traceback(tmp_path: Path, make_audio) -> None:
+    make_audio(tmp_path / "mine" / "a.wav")
+    (tmp_path / "mine" / "captions.csv").write_bytes(b"file,caption\na.wav,a caf\xe9 door\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": [{"name": "mine", "kind": "folder", "path": "mine"}]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "clap.stages.ingest", "--params", "params.yaml", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin",
+                                                        "GX_ANALYTICS_ENABLED": "false", "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == [
+        "ERROR clap.stages.ingest: mine/captions.csv line 2: not valid UTF-8 (byte 0xe9 at column 12); set "
+        "`encoding: latin-1` (or the file's actual encoding, e.g. cp1252) on source 'mine' in params.yaml"
+    ]
+
+
+def write_table(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_overlap_by_freesound_and_youtube_id_across_native_layouts(tmp_path: Path, make_audio) -> None:
+    """The same Freesound sound in a Clotho-layout train split and an ESC-50-layout set, the same YouTube
+    video in AudioCaps test and a LAION-style AudioSet train shard: different bytes, still dropped."""
+    import webdataset as wds
+
+    clotho, esc, audiocaps, laion = (tmp_path / n for n in ("clotho", "esc", "audiocaps", "audioset"))
+    for name in ("Dog bark.wav", "Wind.wav"):
+        make_audio(clotho / "development" / name)
+    write_table(clotho / "clotho_captions_development.csv",
+                "file_name,caption_1\nDog bark.wav,a dog barks\nWind.wav,wind blows\n")
+    write_table(clotho / "clotho_metadata_development.csv",
+                "file_name,keywords,sound_id,sound_link\nDog bark.wav,dog,100032,\nWind.wav,wind,555,\n")
+    for name in ("1-100032-A-0.wav", "1-100032-B-0.wav", "2-7777-A-1.wav"):
+        make_audio(esc / "audio" / name)
+    write_table(esc / "meta/esc50.csv", "filename,fold,target,category\n1-100032-A-0.wav,1,0,dog\n"
+                "1-100032-B-0.wav,1,0,dog\n2-7777-A-1.wav,2,1,rooster\n")
+    make_audio(audiocaps / "audio" / "test" / "abcDEF12345.wav")
+    write_table(audiocaps / "test.csv", "audiocap_id,youtube_id,start_time,caption\n1,abcDEF12345,30,a car passes\n")
+    (laion / "train").mkdir(parents=True)
+    with wds.TarWriter(str(laion / "train" / "0.tar")) as sink:
+        for key, ytid in (("0", "abcDEF12345"), ("1", "zzzYYY00000")):
+            audio = make_audio(tmp_path / "src" / f"{key}.flac").read_bytes()
+            meta = {"text": ["the sound of a car"], "original_data": {"youtube_id": ytid}}
+            sink.write({"__key__": key, "flac": audio, "json": json.dumps(meta).encode()})
+    sources = parse_sources([{"name": "clotho", "kind": "clotho", "path": str(clotho)},
+                             {"name": "esc50", "kind": "esc50", "path": str(esc)},
+                             {"name": "audiocaps", "kind": "audiocaps", "path": str(audiocaps)},
+                             {"name": "audioset", "kind": "laion_wds", "path": str(laion)}])
+    outputs = outputs_in(tmp_path / "out")
+    run_ingest(IngestConfig(sources=sources, extract_dir=tmp_path / "extracted", progress=False), outputs)
+
+    ids = {r.id for r in read_manifest(outputs.manifest)}
+    assert "clotho/Dog_bark" not in ids and "audioset/train_0_0" not in ids
+    assert {"clotho/Wind", "audioset/train_0_1", "esc50/1-100032-A-0", "audiocaps/abcDEF12345"} <= ids
+    with (tmp_path / "out" / "overlaps.csv").open(newline="") as fh:
+        matches = list(csv.DictReader(fh))
+    assert list(matches[0]) == list(OVERLAP_COLUMNS)
+    assert [(m["id"], m["code"], m["eval_id"], m["key"]) for m in matches] == [
+        ("audioset/train_0_0", "youtube_id", "audiocaps/abcDEF12345", "youtube:abcDEF12345"),
+        ("clotho/Dog_bark", "freesound_id", "esc50/1-100032-A-0", "freesound:100032"),
+        ("clotho/Dog_bark", "freesound_id", "esc50/1-100032-B-0", "freesound:100032"),
+    ]
+    assert matches[1]["reason"] == "the same Freesound sound (100032) as evaluation clip esc50/1-100032-A-0 (test)"
+    assert (matches[1]["source"], matches[1]["split"]) == ("clotho", "train")
+    assert matches[1]["path"].endswith("development/Dog bark.wav")
+    report = json.loads(outputs.report.read_text())["overlap"]
+    assert report["dropped"] == 2 and report["matches_by_reason"] == {"freesound_id": 2, "youtube_id": 1}

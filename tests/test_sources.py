@@ -230,3 +230,105 @@ def test_missing_table_names_file_and_layout(tmp_path: Path) -> None:
     (root / "clotho_captions_development.csv").write_text("name,caption\nx.wav,hi\n")
     with pytest.raises(SourceError, match=r"missing column\(s\) file_name"):
         read(root, "clotho", tmp_path)
+
+
+# --- metadata encoding, paths confined to the dataset folder, origin ids -------------------------
+
+
+def test_a_latin1_byte_is_one_error_naming_file_line_and_the_setting(tmp_path: Path, make_audio) -> None:
+    root = build_clotho(tmp_path / "clotho", make_audio)
+    table = root / "clotho_captions_evaluation.csv"
+    lines = table.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"traffic noise caption 2", "caf\u00e9 traffic caption 2".encode("latin-1"))
+    table.write_bytes(b"".join(lines))
+    column = lines[1].index(b"\xe9") + 1
+    with pytest.raises(SourceError) as info:
+        read(root, "clotho", tmp_path)
+    assert str(info.value) == (
+        f"{table} line 2: not valid UTF-8 (byte 0xe9 at column {column}); set `encoding: latin-1` (or the file's "
+        "actual encoding, e.g. cp1252) on source 'clotho' in params.yaml"
+    )
+    rows = read(root, "clotho", tmp_path, encoding="latin-1")
+    assert "caf\u00e9 traffic caption 2" in rows["clotho/Traffic_noise"].captions
+
+
+def test_utf8_with_a_byte_order_mark_and_unknown_encodings(tmp_path: Path, make_audio) -> None:
+    root = tmp_path / "mine"
+    make_audio(root / "a.wav")
+    (root / "captions.csv").write_bytes(b"\xef\xbb\xbffile,caption\na.wav,\xc3\xa9t\xc3\xa9\n")
+    assert read(root, "folder", tmp_path)["folder/a"].captions == ["\u00e9t\u00e9"]
+    with pytest.raises(SourceError, match=r"params.yaml source 'x': unknown encoding 'utf-9'"):
+        parse_sources([{"name": "x", "kind": "folder", "path": str(root), "encoding": "utf-9"}])
+
+
+def esc50_with(root: Path, make_audio, filename: str) -> Path:
+    write_csv(root / "meta" / "esc50.csv", ["filename", "fold", "target", "category", "esc10", "src_file", "take"],
+              [["1-100032-A-0.wav", 1, 0, "dog", True, 100032, "A"], [filename, 1, 0, "dog", True, 1, "A"]])
+    make_audio(root / "audio" / "1-100032-A-0.wav")
+    return root
+
+
+@pytest.mark.parametrize("bad_name", ["../../outside.wav", "/etc/passwd", "..\\..\\outside.wav"])
+def test_esc50_names_that_leave_the_dataset_folder_are_refused(tmp_path: Path, make_audio, bad_name: str) -> None:
+    make_audio(tmp_path / "outside.wav")
+    root = esc50_with(tmp_path / "data" / "ESC-50", make_audio, bad_name)
+    with pytest.raises(SourceError) as info:
+        read(root, "esc50", tmp_path)
+    assert str(info.value) == (
+        f"{root / 'meta' / 'esc50.csv'} line 3: filename {bad_name!r} must be a relative path inside "
+        f"{root / 'audio'} (no '..', not absolute); fix or remove the row"
+    )
+
+
+def test_every_adapter_confines_metadata_paths(tmp_path: Path, make_audio) -> None:
+    clotho = build_clotho(tmp_path / "clotho", make_audio)
+    write_csv(clotho / "clotho_captions_validation.csv", ["file_name", "caption_1"], [["../evaluation/x.wav", "c"]])
+    audiocaps = tmp_path / "audiocaps"
+    write_csv(audiocaps / "test.csv", ["audiocap_id", "youtube_id", "start_time", "caption"],
+              [[1, "abcDEF12345", 0, "ok"], [2, "../../../tmp/x", 0, "escape"]])
+    us8k = tmp_path / "us8k"
+    write_csv(us8k / "metadata" / "UrbanSound8K.csv", ["slice_file_name", "fsID", "fold", "class"],
+              [["/abs/1-2-3-4.wav", 1, 1, "siren"]])
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    (builtin / "metadata.jsonl").write_text(json.dumps(
+        {"id": "b/1", "source": "b", "split": "train", "file": "../x.flac", "captions": ["c"]}) + "\n")
+    folder = tmp_path / "folder"
+    write_csv(folder / "captions.csv", ["file", "caption"], [["sub/../../x.wav", "c"]])
+    expected = {
+        (clotho, "clotho"): f"{clotho / 'clotho_captions_validation.csv'} line 2: file_name '../evaluation/x.wav'",
+        (audiocaps, "audiocaps"): f"{audiocaps / 'test.csv'} line 3: youtube_id '../../../tmp/x'",
+        (us8k, "urbansound8k"): f"{us8k / 'metadata' / 'UrbanSound8K.csv'} line 2: slice_file_name '/abs/1-2-3-4.wav'",
+        (builtin, "builtin"): f"{builtin / 'metadata.jsonl'} line 1: file '../x.flac'",
+        (folder, "folder"): f"{folder / 'captions.csv'} line 2: file 'sub/../../x.wav'",
+    }
+    for (root, kind), start in expected.items():
+        with pytest.raises(SourceError) as info:
+            read(root, kind, tmp_path)
+        assert str(info.value).startswith(start + " must be a relative path inside"), str(info.value)
+
+
+def test_adapters_record_freesound_and_youtube_origins(tmp_path: Path, make_audio) -> None:
+    ctx = AdapterContext(extract_dir=tmp_path / "extracted", progress=False)
+
+    def origins(root: Path, kind: str) -> dict[str, tuple[str, ...]]:
+        spec = SourceSpec.from_params({"name": kind, "kind": kind, "path": str(root)})
+        return {row.id: ctx.origins.get(row.id, ()) for row in read_source(root, spec, ctx)}
+
+    esc = esc50_with(tmp_path / "esc", make_audio, "2-1000-B-41.wav")
+    make_audio(esc / "audio" / "2-1000-B-41.wav")
+    assert origins(esc, "esc50") == {"esc50/1-100032-A-0": ("freesound:100032",), "esc50/2-1000-B-41": ("freesound:1",)}
+    clotho = build_clotho(tmp_path / "clotho", make_audio)
+    write_csv(clotho / "clotho_metadata_development.csv", ["file_name", "keywords", "sound_id", "sound_link"],
+              [["Birds in the park.wav", "birds", "", "https://freesound.org/people/x/sounds/4242/"],
+               ["Rain on roof.wav", "rain", "777", ""]])
+    found = origins(clotho, "clotho")
+    assert found["clotho/Birds_in_the_park"] == ("freesound:4242",) and found["clotho/Rain_on_roof"] == ("freesound:777",)
+    assert found["clotho/Door_slam"] == ()
+    audiocaps = tmp_path / "audiocaps"
+    write_csv(audiocaps / "test.csv", ["audiocap_id", "youtube_id", "start_time", "caption"], [[5, "abcDEF12345", 0, "c"]])
+    assert origins(audiocaps, "audiocaps") == {"audiocaps/abcDEF12345": ("youtube:abcDEF12345",)}
+    laion = tmp_path / "laion"
+    clip = make_audio(tmp_path / "src" / "0.flac").read_bytes()
+    write_tar(laion / "train" / "0.tar", [("0", clip, {"text": "t", "original_data": {"youtube_id": "abcDEF12345"}})])
+    assert origins(laion, "laion_wds") == {"laion_wds/train_0_0": ("youtube:abcDEF12345",)}

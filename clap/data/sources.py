@@ -77,6 +77,7 @@ class SourceSpec:
     kind: str
     path: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    settings: str = "params.yaml"  # where the entry lives, for messages (the eval stages pass their section)
 
     @classmethod
     def from_params(cls, entry: Mapping[str, Any]) -> "SourceSpec":
@@ -122,7 +123,7 @@ class SourceSpec:
     @property
     def owner(self) -> str:
         """Where this source's settings live, for messages that name the fix."""
-        return f"source '{self.name}' in params.yaml"
+        return f"source '{self.name}' in {self.settings}"
 
 
 def parse_sources(entries: Iterable[Mapping[str, Any]] | None) -> list[SourceSpec]:
@@ -288,7 +289,7 @@ def read_audiocaps(root: Path, spec: SourceSpec, ctx: AdapterContext) -> list[Ma
         for lineno, record in table(spec, csv_path, ("audiocap_id", "youtube_id", "start_time", "caption")):
             where = f"{csv_path} line {lineno}"
             for column in ("youtube_id", "audiocap_id"):
-                path_inside(audio_dir, f"{record[column]}.wav", where, column)  # names become file names
+                path_inside(audio_dir, record[column], where, column)  # the ids name the audio files
             by_clip[record["youtube_id"]].append(record)
         for youtube_id, group in by_clip.items():
             names = [youtube_id, f"Y{youtube_id}"] + [r["audiocap_id"] for r in group]

@@ -152,10 +152,9 @@ def detect_kind(root: Path) -> str:
 
 def _vggsound_records(table: Path) -> list[dict[str, str]]:
     """VGGSound's CSV with or without a header row (the official file has none)."""
-    import csv
+    from clap.data.metadata import read_csv_rows  # UTF-8; a bad byte is one error naming file, line and fix
 
-    with table.open(newline="", encoding="utf-8-sig") as fh:
-        records = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
+    records = [row for row in read_csv_rows(table) if any(cell.strip() for cell in row)]
     if not records:
         raise EvalSetError(f"{table}: empty")
     first = [cell.strip().lower() for cell in records[0]]
