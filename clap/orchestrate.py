@@ -1,106 +1,63 @@
 """Running the DVC pipeline from an orchestrator: stage order, one stage at a time, experiments, metrics.
 
-Everything here drives DVC through its command line (``python -m dvc`` of this interpreter), so DVC's
-own cache and lock decide what runs and what is skipped, exactly as when a person types the command.
-Nothing in this module depends on Prefect: the flow in ``flows/clap_flow.py`` passes a line callback
-that forwards DVC's output to its run logger.
+What to run and what happened come from DVC's Python API (``dvc.repo.Repo``), never from DVC's
+human-readable output: the order is DVC's own plan over its stage graph (what ``dvc repro`` runs),
+whether a stage is up to date is ``Repo.status``, and what an experiment re-ran is read off the
+dvc.lock that DVC committed for it. The work itself runs as DVC's command line (``python -m dvc`` of
+this interpreter) in a child process, so DVC's cache and lock decide exactly as when a person types
+the command, the output streams to a callback line by line, and stopping the orchestrator stops DVC
+and the stage it started. Nothing here depends on Prefect: the flow in ``flows/clap_flow.py``
+passes a line callback that forwards DVC's output to its run logger.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
-logger = logging.getLogger(__name__)
+import yaml
 
-#: Receives each line of a DVC command's output: (stream name "stdout" | "stderr", line).
-LineCallback = Callable[[str, str], None]
-
-#: Defaults for the stage commands' environment, the same as the Makefile's exports.
-STAGE_ENV_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_AUTH_MODE": "disabled",
-}
-
-#: How many trailing lines of a failed command go into its error message.
-ERROR_TAIL_LINES = 25
-
-_NODE_RE = re.compile(r'^\s*"((?:[^"\\]|\\.)+)"\s*;?\s*$')
-_EDGE_RE = re.compile(r'^\s*"((?:[^"\\]|\\.)+)"\s*->\s*"((?:[^"\\]|\\.)+)"\s*;?\s*$')
-_STATUS_RES = (
-    (re.compile(r"^Running stage '(?P<stage>[^']+)':"), "ran"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored from run cache"),
+from clap.dvc_process import (  # noqa: F401  (re-exported: the flow and the benchmarks use them from here)
+    ERROR_TAIL_LINES,
+    DvcCommandError,
+    DvcRun,
+    LineCallback,
+    StageFailed,
+    dvc_root,
+    run_dvc,
+    run_dvc_checked,
+    stage_environment,
 )
-_FAILED_RE = re.compile(r"failed to reproduce '(?P<stage>[^']+)'")
+from clap.overrides import flatten, set_args
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+    from dvc.stage import Stage
+
+PROJECT_FILE = "dvc.yaml"
 _EXP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class DvcCommandError(RuntimeError):
-    """A DVC command exited non-zero; the message ends with the last lines it wrote."""
-
-    def __init__(self, what: str, command: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
-        self.what = what
-        self.command = list(command)
-        self.returncode = returncode
-        self.tail = list(tail)
-        lines = "\n".join(self.tail) if self.tail else "(no output)"
-        super().__init__(f"{what} failed (`dvc {' '.join(self.command)}` exited with {returncode}):\n{lines}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes despite the custom __init__
-        return (type(self), (self.what, self.command, self.returncode, self.tail))
+class PipelineError(ValueError):
+    """The pipeline cannot be planned: an unknown target, no stages, a cycle (DVC's own message)."""
 
 
-class StageFailed(DvcCommandError):
-    """One pipeline stage failed; ``stage`` names it."""
-
-    def __init__(self, stage: str, command: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
-        self.stage = stage
-        super().__init__(f"stage '{stage}'", command, returncode, tail)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.stage, self.command, self.returncode, self.tail))
-
-
-@dataclass
-class DvcRun:
-    """What a finished DVC command left behind: exit code, full stdout, and the tail of each stream."""
-
-    args: list[str]
-    returncode: int
-    stdout: str
-    stdout_tail: list[str]
-    stderr_tail: list[str]
-    seconds: float
-
-    def error_tail(self, lines: int = ERROR_TAIL_LINES) -> list[str]:
-        """The lines that explain a failure: stderr's tail, or stdout's when stderr is empty."""
-        return (self.stderr_tail or self.stdout_tail)[-lines:]
-
-
-#: What DVC did with a stage.
+#: What DVC did with a stage: reproduced it (ran its command, or restored its outputs from DVC's run
+#: cache), or found it up to date (nothing it depends on changed).
 RAN = "ran"
 UP_TO_DATE = "up to date"
-RESTORED = "restored from run cache"
 
 
 @dataclass
 class StageOutcome:
-    """One stage as the orchestrator saw it: ran, found up to date, or restored from DVC's run cache."""
+    """One stage as the orchestrator saw it: ran, or found up to date."""
 
     stage: str
     status: str
@@ -127,228 +84,135 @@ class ExperimentOutcome:
         return [s.stage for s in self.stages if s.ran]
 
 
-def stage_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for DVC and the stage commands.
+# --- DVC's view of the pipeline (Python API) -----------------------------------------------------
 
-    This interpreter's directory goes first on PATH, so ``python -m clap.stages...`` in dvc.yaml
-    resolves to the same virtual environment as the orchestrator even when it was not activated.
-    The offline defaults of the Makefile apply unless the caller set them.
+@contextmanager
+def open_repo(repo_dir: str | Path) -> Iterator[Repo]:
+    """``dvc.repo.Repo`` of the project, closed (and its locks released) on exit."""
+    from dvc.repo import Repo
+
+    with Repo(str(dvc_root(repo_dir))) as repo:
+        yield repo
+
+
+def _absolute_target(root: Path, target: str) -> str:
+    """A ``dvc repro`` target (``train``, ``sub/dvc.yaml:x``, ``data.dvc``) anchored at ``root``.
+
+    DVC resolves targets against the current directory; the orchestrator's may be another one.
     """
-    env = dict(os.environ if base is None else base)
-    bin_dir = str(Path(sys.executable).parent)
-    path = env.get("PATH", "")
-    if path.split(os.pathsep)[0] != bin_dir:
-        env["PATH"] = f"{bin_dir}{os.pathsep}{path}" if path else bin_dir
-    for key, value in STAGE_ENV_DEFAULTS.items():
-        env.setdefault(key, value)
-    return env
+    from dvc.utils import parse_target
+
+    path, name = parse_target(target)
+    path = path or PROJECT_FILE
+    full = path if os.path.isabs(path) else str(root / path)
+    return f"{full}:{name}" if name else full
 
 
-def _last_segment(raw: bytes) -> str:
-    """Decode one output line; of a progress bar redrawn with carriage returns keep the last state."""
-    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-    if "\r" in text:
-        parts = [p for p in text.split("\r") if p.strip()]
-        text = parts[-1] if parts else ""
-    return text
+def _stage_name(root: Path, stage: Stage) -> str:
+    """The name ``dvc repro`` takes from the project's root: ``train``, ``sub/dvc.yaml:x``, ``data.dvc``."""
+    dvcfile = Path(stage.path).resolve().relative_to(root).as_posix()
+    name = getattr(stage, "name", None)
+    if not name:
+        return dvcfile
+    return name if dvcfile == PROJECT_FILE else f"{dvcfile}:{name}"
 
 
-def _pump(stream: IO[bytes], name: str, sink: Callable[[str, str], None]) -> None:
-    for raw in iter(stream.readline, b""):
-        sink(name, _last_segment(raw))
-    stream.close()
+def _collect(repo: Repo, root: Path, targets: Sequence[str]) -> list[Stage]:
+    from dvc.exceptions import DvcException
 
-
-def _stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Stop DVC and the stage command it started (both live in their own process group)."""
-    if proc.poll() is not None:
-        return
-    logger.warning("stopping dvc (pid %d) and its stage command", proc.pid)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    stages: list[Stage] = []
+    for target in targets:
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_dvc(
-    args: Sequence[str],
-    repo_dir: str | Path,
-    on_line: LineCallback | None = None,
-    tail_lines: int = ERROR_TAIL_LINES,
-) -> DvcRun:
-    """Run ``dvc <args>`` in ``repo_dir``, streaming every output line to ``on_line`` as it comes.
-
-    Never raises for a non-zero exit code (callers decide what a failure means); if the caller is
-    interrupted (e.g. the flow run is cancelled), DVC and its stage command are stopped.
-    """
-    repo = Path(repo_dir)
-    if not (repo / ".dvc").is_dir():
-        raise FileNotFoundError(f"{repo}: not a DVC repository (no .dvc/ folder); pass the project's root")
-    cmd = [sys.executable, "-m", "dvc", *args]
-    logger.debug("running %s in %s", " ".join(cmd), repo)
-    stdout_lines: list[str] = []
-    tails = {"stdout": deque(maxlen=tail_lines), "stderr": deque(maxlen=tail_lines)}
-    lock = threading.Lock()
-
-    def sink(name: str, line: str) -> None:
-        with lock:
-            if name == "stdout":
-                stdout_lines.append(line)
-            if line.strip():
-                tails[name].append(line)
-            if on_line is not None:
-                on_line(name, line)
-
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, cwd=repo, env=stage_environment(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout, "stdout", sink), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, "stderr", sink), daemon=True),
-    ]
-    try:
-        for thread in pumps:
-            thread.start()
-        returncode = proc.wait()
-        for thread in pumps:
-            # a daemon the stage left behind may hold the pipes open; DVC itself is done
-            thread.join(timeout=10)
-    finally:
-        _stop_process_group(proc)
-    return DvcRun(
-        args=list(args), returncode=returncode, stdout="\n".join(stdout_lines),
-        stdout_tail=list(tails["stdout"]), stderr_tail=list(tails["stderr"]),
-        seconds=time.monotonic() - start,
-    )
-
-
-def run_dvc_checked(args: Sequence[str], repo_dir: str | Path, what: str | None = None) -> DvcRun:
-    """Run a DVC command quietly; a non-zero exit raises :class:`DvcCommandError` with its tail."""
-    result = run_dvc(args, repo_dir)
-    if result.returncode != 0:
-        raise DvcCommandError(what or f"dvc {args[0]}", args, result.returncode, result.error_tail())
-    return result
-
-
-# --- stage order ---------------------------------------------------------------------------------
-
-def _unquote(name: str) -> str:
-    return name.replace('\\"', '"').replace("\\\\", "\\")
-
-
-def parse_dag_dot(dot: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """Nodes (in the order DVC printed them) and ``upstream -> downstream`` edges of ``dvc dag --dot``."""
-    nodes: list[str] = []
-    edges: list[tuple[str, str]] = []
-    for line in dot.splitlines():
-        if match := _EDGE_RE.match(line):
-            edge = (_unquote(match.group(1)), _unquote(match.group(2)))
-            edges.append(edge)
-            for node in edge:
-                if node not in nodes:
-                    nodes.append(node)
-        elif match := _NODE_RE.match(line):
-            node = _unquote(match.group(1))
-            if node not in nodes:
-                nodes.append(node)
-    return nodes, edges
-
-
-def order_stages(nodes: Sequence[str], edges: Iterable[tuple[str, str]]) -> list[str]:
-    """Dependency order; among stages that are ready together, the order DVC listed them in."""
-    rank = {node: i for i, node in enumerate(nodes)}
-    upstream: dict[str, set[str]] = {node: set() for node in nodes}
-    for src, dst in edges:
-        upstream.setdefault(dst, set()).add(src)
-        upstream.setdefault(src, set())
-        rank.setdefault(src, len(rank))
-        rank.setdefault(dst, len(rank))
-    ordered: list[str] = []
-    done: set[str] = set()
-    while len(ordered) < len(upstream):
-        ready = [n for n in upstream if n not in done and upstream[n] <= done]
-        if not ready:
-            cycle = sorted(n for n in upstream if n not in done)
-            raise ValueError(f"dvc.yaml: the stages {cycle} depend on each other in a cycle")
-        node = min(ready, key=rank.__getitem__)
-        ordered.append(node)
-        done.add(node)
-    return ordered
+            found = repo.stage.collect(_absolute_target(root, target))
+        except DvcException as exc:
+            raise PipelineError(f"{root}: target {target!r}: {exc}") from exc
+        stages += [stage for stage in found if stage not in stages]
+    return stages
 
 
 def pipeline_stages(repo_dir: str | Path, targets: Sequence[str] | None = None) -> list[str]:
-    """The stages to run for ``targets`` (each with everything upstream of it), in dependency order.
+    """The stages to run for ``targets`` (each with everything upstream of it), in the order
+    ``dvc repro`` runs them (DVC's own plan over its stage graph).
 
-    ``None`` or an empty list means the whole pipeline. Unknown targets fail with DVC's own message.
+    ``None`` or an empty list means the whole pipeline (every stage of dvc.yaml).
     """
-    nodes: list[str] = []
-    edges: list[tuple[str, str]] = []
-    for target in list(targets or []) or [None]:
-        args = ["dag", "--dot"] + ([target] if target else [])
-        what = f"listing the pipeline's stages{f' for {target!r}' if target else ''}"
-        target_nodes, target_edges = parse_dag_dot(run_dvc_checked(args, repo_dir, what).stdout)
-        nodes += [n for n in target_nodes if n not in nodes]
-        edges += [e for e in target_edges if e not in edges]
-    if not nodes:
-        raise ValueError(f"{repo_dir}: dvc.yaml defines no stages")
-    return order_stages(nodes, edges)
+    from dvc.exceptions import DvcException
+    from dvc.repo.reproduce import get_active_graph, plan_repro
+
+    root = dvc_root(repo_dir)
+    with open_repo(root) as repo:
+        stages = _collect(repo, root, list(targets or []) or [PROJECT_FILE])
+        try:
+            graph = get_active_graph(repo.index.graph)
+        except DvcException as exc:  # e.g. stages that depend on each other in a cycle
+            raise PipelineError(f"{root}: {exc}") from exc
+        names = [_stage_name(root, stage) for stage in plan_repro(graph, stages)]
+    if not names:
+        raise PipelineError(f"{root}: {PROJECT_FILE} defines no stages")
+    return names
+
+
+def stage_changed(repo_dir: str | Path, stage: str) -> bool:
+    """Whether ``dvc repro --single-item <stage>`` has anything to do (``Repo.status`` of the stage:
+    a changed dep, param, command or output); False means it is up to date."""
+    root = dvc_root(repo_dir)
+    with open_repo(root) as repo:
+        _collect(repo, root, [stage])  # an unknown stage is a PipelineError, not "up to date"
+        return bool(repo.status(targets=[_absolute_target(root, stage)]))
+
+
+def _lock_key(stage: str) -> tuple[str, str]:
+    """(lock file, entry) of a pipeline stage name: ``train`` -> (dvc.lock, train)."""
+    dvcfile, _, name = stage.rpartition(":")
+    folder = os.path.dirname(dvcfile)
+    return (f"{folder}/dvc.lock" if folder else "dvc.lock"), name
+
+
+def _lock_entries(read: Callable[[str], str | None], stages: Iterable[str]) -> dict[str, Any]:
+    """Each stage's dvc.lock entry (deps, params and outs with their hashes), None when it has none."""
+    files: dict[str, dict[str, Any]] = {}
+    entries: dict[str, Any] = {}
+    for stage in stages:
+        lock, name = _lock_key(stage)
+        if lock not in files:
+            text = read(lock)
+            files[lock] = (yaml.safe_load(text) or {}).get("stages", {}) if text else {}
+        entries[stage] = files[lock].get(name)
+    return entries
+
+
+def _read_workspace(root: Path) -> Callable[[str], str | None]:
+    return lambda rel: (root / rel).read_text() if (root / rel).is_file() else None
+
+
+def experiment_lock_entries(repo_dir: str | Path, name: str, stages: Iterable[str]) -> dict[str, Any]:
+    """The dvc.lock entries DVC committed for experiment ``name`` (baseline: the current HEAD)."""
+    from dvc.repo.experiments.utils import resolve_name
+
+    root = dvc_root(repo_dir)
+    with open_repo(root) as repo:
+        ref = resolve_name(repo.scm, name).get(name)
+        if ref is None:
+            raise PipelineError(f"{root}: no experiment named {name!r} (dvc exp show lists them)")
+        fs = repo.scm.get_fs(repo.scm.get_ref(str(ref)))
+        return _lock_entries(lambda rel: fs.read_text(rel) if fs.isfile(rel) else None, stages)
 
 
 # --- running -------------------------------------------------------------------------------------
 
-def stage_statuses(stdout: str) -> dict[str, str]:
-    """What ``dvc repro``/``dvc exp run`` did with each stage, read off its output, in order."""
-    statuses: dict[str, str] = {}
-    for line in stdout.splitlines():
-        for pattern, status in _STATUS_RES:
-            if match := pattern.match(line):
-                statuses[match.group("stage")] = status
-                break
-    return statuses
-
-
 def repro_stage(repo_dir: str | Path, stage: str, on_line: LineCallback | None = None) -> StageOutcome:
-    """``dvc repro --single-item <stage>``: DVC runs it, or skips it when nothing it depends on changed.
+    """``dvc repro --single-item <stage>`` when DVC reports it changed; an up-to-date stage is left alone.
 
     Raises :class:`StageFailed` whose message ends with the last lines the stage wrote to stderr.
     """
+    start = time.monotonic()
+    if not stage_changed(repo_dir, stage):
+        return StageOutcome(stage=stage, status=UP_TO_DATE, seconds=time.monotonic() - start)
     args = ["repro", "--single-item", stage]
     result = run_dvc(args, repo_dir, on_line)
     if result.returncode != 0:
         raise StageFailed(stage, args, result.returncode, result.error_tail())
-    # without any of DVC's stage lines (quiet mode) the stage counts as run: the safe reading
-    status = stage_statuses(result.stdout).get(stage, RAN)
-    return StageOutcome(stage=stage, status=status, seconds=result.seconds)
-
-
-def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 2}, "fusion": True}`` -> ``{"train.epochs": 2, "fusion": True}``."""
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_overrides(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``-S key=value`` arguments for ``dvc exp run``; values are written as JSON, which DVC reads as YAML."""
-    args: list[str] = []
-    for key, value in flatten_overrides(overrides).items():
-        if not key or "=" in key:
-            raise ValueError(f"overrides: {key!r} is not a params key (use dotted names like 'train.epochs')")
-        args += ["-S", f"{key}={json.dumps(value)}"]
-    return args
+    return StageOutcome(stage=stage, status=RAN, seconds=time.monotonic() - start)
 
 
 def check_experiment_name(name: str) -> str:
@@ -372,20 +236,20 @@ def run_experiment(
     ``--temp`` runs the experiment in a temporary copy under ``.dvc/tmp/exps`` (from HEAD plus the
     workspace's changes to tracked files), so the workspace, and every later baseline run, keeps its
     own params. The result is saved as a DVC experiment: ``dvc exp show``, ``dvc exp apply <name>``.
-    Raises :class:`StageFailed` naming the stage that failed when DVC says which.
+    A stage counts as run when its entry in the experiment's dvc.lock differs from the workspace's.
     """
     if not overrides:
         raise ValueError("run_experiment: no overrides given; use repro_stage for the baseline")
-    args = ["exp", "run", "--temp", *override_args(overrides), "--name", check_experiment_name(name)]
+    args = ["exp", "run", "--temp", *set_args(overrides), "--name", check_experiment_name(name)]
     args += list(targets or [])
-    result = run_dvc(args, repo_dir, on_line)
+    root = dvc_root(repo_dir)
+    order = pipeline_stages(root, targets)  # an unknown target fails here, before the run
+    before = _lock_entries(_read_workspace(root), order)
+    result = run_dvc(args, root, on_line)
     if result.returncode != 0:
-        failed = next((m.group("stage") for line in reversed(result.stderr_tail)
-                       if (m := _FAILED_RE.search(line))), None)
-        if failed is not None:
-            raise StageFailed(failed, args, result.returncode, result.error_tail())
         raise DvcCommandError(f"experiment '{name}'", args, result.returncode, result.error_tail())
-    stages = [StageOutcome(stage, status) for stage, status in stage_statuses(result.stdout).items()]
+    after = experiment_lock_entries(root, name, order)
+    stages = [StageOutcome(stage, RAN if after[stage] != before[stage] else UP_TO_DATE) for stage in order]
     return ExperimentOutcome(name=name, stages=stages, seconds=result.seconds)
 
 
@@ -402,16 +266,6 @@ def experiment_diff(repo_dir: str | Path, name: str, baseline: str = "HEAD") -> 
     return json.loads(run_dvc_checked(args, repo_dir, f"comparing experiment '{name}'").stdout or "{}")
 
 
-def flatten_metrics(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested metric dicts -> dotted names (``{"t2a": {"R@1": 0.1}}`` -> ``{"t2a.R@1": 0.1}``)."""
-    if not isinstance(values, Mapping):
-        return {prefix: values} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def workspace_metrics(show: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Split ``dvc metrics show --json`` into ``{file: {metric: value}}`` and ``{file: error}``."""
     if not show:
@@ -424,7 +278,7 @@ def workspace_metrics(show: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]
             error = entry["error"]
             errors[path] = error.get("msg", str(error)) if isinstance(error, Mapping) else str(error)
         else:
-            files[path] = flatten_metrics(entry.get("data", {}))
+            files[path] = flatten(entry.get("data") or {})
     return files, errors
 
 

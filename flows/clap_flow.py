@@ -6,9 +6,10 @@ retries. Served as the deployment ``clap/full-pipeline`` by ``python -m flows.se
 Two modes:
 
 - baseline (no ``overrides``): every stage of ``stages`` (default: the whole ``dvc.yaml``) plus what
-  it depends on runs as its own task, named after the stage, through
-  ``dvc repro --single-item <stage>`` in dependency order. The workspace's ``reports/`` is updated
-  and the artifact ``clap-metrics`` shows ``dvc metrics show``.
+  it depends on runs as its own task, named after the stage, in the order DVC plans: a stage that
+  ``dvc status`` reports changed runs through ``dvc repro --single-item <stage>``, an up-to-date one
+  is left alone. The workspace's ``reports/`` is updated and the artifact ``clap-metrics`` shows
+  ``dvc metrics show``.
 - experiment (``overrides`` given, e.g. ``{"fusion": true}``): one task ``experiment`` runs
   ``dvc exp run --temp -S fusion=true --name <experiment_name>``. ``--temp`` keeps the workspace
   (and later baseline runs) untouched; the artifact shows ``dvc exp diff HEAD <name>``: params and
@@ -64,7 +65,7 @@ def _forward_to(logger: logging.Logger | logging.LoggerAdapter) -> LineCallback:
 
 @task(name="stage", cache_policy=NO_CACHE, persist_result=False)
 def dvc_stage(repo_dir: str, stage: str) -> StageOutcome:
-    """One DVC stage; DVC skips it when its deps, params and outs are unchanged."""
+    """One DVC stage: reproduced when DVC reports it changed (deps, params, command or outs)."""
     logger = get_run_logger()
     outcome = repro_stage(repo_dir, stage, on_line=_forward_to(logger))
     logger.info("stage '%s': %s (%.1f s)", stage, outcome.status, outcome.seconds)

@@ -22,16 +22,15 @@ import yaml
 from clap.orchestrate import (
     RAN,
     UP_TO_DATE,
-    DvcCommandError,
+    PipelineError,
     StageFailed,
     StageOutcome,
-    order_stages,
-    override_args,
-    parse_dag_dot,
     pipeline_stages,
     render_metrics_markdown,
     repro_stage,
+    run_experiment,
 )
+from clap.overrides import set_args
 from tests.prefect_server import (
     PrefectServer,
     flow_run_id_from_output,
@@ -122,23 +121,28 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- quick tests of the orchestration helpers -------------------------------------------------------
 
-def test_dag_order_runs_dependencies_first_and_rejects_cycles() -> None:
-    dot = 'strict digraph {\n"a";\n"b";\n"c";\n"eval@clotho";\n"a" -> "b";\n"b" -> "eval@clotho";\n"c" -> "eval@clotho";\n}\n'
-    nodes, edges = parse_dag_dot(dot)
-    assert nodes == ["a", "b", "c", "eval@clotho"]
-    assert order_stages(nodes, edges) == ["a", "b", "c", "eval@clotho"]
-    # among ready stages DVC's listing order wins, but never before a dependency
-    assert order_stages(["report", "train", "data"], [("data", "train"), ("train", "report")]) == ["data", "train", "report"]
-    with pytest.raises(ValueError, match="cycle"):
-        order_stages(["a", "b"], [("a", "b"), ("b", "a")])
-
-
 def test_pipeline_stages_come_from_dvc(toy_repo: Path) -> None:
+    # DVC's own plan, from another DVC project's directory (this one): targets anchor at the toy repo
+    assert Path.cwd() != toy_repo
     assert pipeline_stages(toy_repo) == TOY_STAGES
-    # a target brings what it depends on, nothing else
+    # a target brings what it depends on, nothing else, whichever way it is named
     assert pipeline_stages(toy_repo, ["square"]) == ["prepare", "square"]
-    with pytest.raises(DvcCommandError, match="no-such-stage"):
+    assert pipeline_stages(toy_repo, ["dvc.yaml:report", "side"]) == TOY_STAGES
+    with pytest.raises(PipelineError, match="no-such-stage"):
         pipeline_stages(toy_repo, ["no-such-stage"])
+    with pytest.raises(FileNotFoundError, match="not a DVC repository"):
+        pipeline_stages(toy_repo / "data")
+
+
+def test_stages_in_a_cycle_are_named(tmp_path: Path) -> None:
+    run(["git", "init", "-q", "-b", "main"], tmp_path)
+    run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "a": {"cmd": "echo", "deps": ["b.txt"], "outs": ["a.txt"]},
+        "b": {"cmd": "echo", "deps": ["a.txt"], "outs": ["b.txt"]},
+    }}))
+    with pytest.raises(PipelineError, match="cycle"):
+        pipeline_stages(tmp_path)
 
 
 def test_repro_stage_streams_output_and_lets_dvc_skip(toy_repo: Path) -> None:
@@ -165,11 +169,24 @@ def test_failing_stage_raises_with_its_own_message(toy_repo: Path) -> None:
 
 
 def test_overrides_become_dvc_set_params() -> None:
-    args = override_args({"fusion": True, "train": {"epochs": 2, "lr": 1e-4}, "text_encoder": "bert-base-uncased"})
+    args = set_args({"fusion": True, "train": {"epochs": 2, "lr": 1e-4}, "text_encoder": "bert-base-uncased"})
     assert args == ["-S", "fusion=true", "-S", "train.epochs=2", "-S", "train.lr=0.0001",
-                    "-S", 'text_encoder="bert-base-uncased"']
+                    "-S", "text_encoder=bert-base-uncased"]
     with pytest.raises(ValueError, match="not a params key"):
-        override_args({"a=b": 1})
+        set_args({"a=b": 1})
+
+
+def test_experiment_outcome_comes_from_its_dvc_lock(toy_repo: Path) -> None:
+    """What an experiment re-ran is read off the dvc.lock DVC committed for it, not off its output."""
+    for stage in TOY_STAGES:
+        repro_stage(toy_repo, stage)
+    commit_all(toy_repo, "toy baseline")
+    outcome = run_experiment(toy_repo, {"scale": 3}, "scale-3")
+    assert [(s.stage, s.status) for s in outcome.stages] == [
+        ("prepare", UP_TO_DATE), ("square", RAN), ("side", UP_TO_DATE), ("report", RAN)]
+    assert yaml.safe_load((toy_repo / "params.yaml").read_text())["scale"] == 2  # --temp: workspace untouched
+    shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], toy_repo).stdout)
+    assert "scale-3" in json.dumps(shown)
 
 
 def test_metrics_markdown_tables() -> None:
