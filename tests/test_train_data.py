@@ -180,3 +180,76 @@ def test_validation_split_across_two_ranks_gives_the_single_process_figures(toy_
     expected = {"val_map": mean_average_precision(scores, truth),
                 **{f"val_{k}": v for k, v in topk_accuracy(scores, truth.argmax(axis=1), ks=(1, 5)).items()}}
     assert ranks[0]["classification"] == pytest.approx(expected, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- Ray: checkpoints and resume
+
+
+@pytest.mark.slow
+def test_mid_epoch_checkpoint_resume_with_loader_processes(toy_root: Path, tmp_path: Path) -> None:
+    """2 Ray workers x 1 loader process, a checkpoint every 2 steps (3 steps per epoch): rank 1 dies
+    at step 5, the run resumes from the mid-epoch checkpoint at step 4 and finishes; the validation
+    figures all ranks reported are the single-process figures of the exported model."""
+    import ray
+
+    from clap.audio import SAMPLE_RATE
+    from clap.eval.metrics import retrieval_metrics
+    from clap.model.inference import ClapInference
+    from clap.train.config import TrainConfig
+    from clap.train.trainer import run_training
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    settings = dict(
+        audio_encoder="htsat-cpu", text_encoder="tiny-bert", train_sets=["toy"], val_set="toy/val",
+        shard_root=str(toy_root), storage_path=str(tmp_path / "ray"), batch_size=4, epochs=2, steps_per_epoch=3,
+        warmup_steps=1, lr=5e-4, shuffle_buffer=8, num_workers=2, cpus_per_worker=1, max_failures=1,
+        keep_checkpoints=1, log_every=1, caption_augmentation="none", checkpoint_every=2, loader_workers=1,
+    )
+    if "data_mode" in TrainConfig.__dataclass_fields__:
+        settings["data_mode"] = "stream"
+    config = TrainConfig(**settings)
+    marker = tmp_path / "failed-once"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_training(config, tmp_path / "model", fault_injection={"step": 5, "rank": 1, "marker": str(marker)})
+    finally:
+        ray.shutdown()
+    assert marker.read_text().startswith("failed once at step 5")
+    assert result.history["resumed_at"] == [4]  # the mid-epoch checkpoint, not the epoch end (step 3)
+    assert [s["step"] for s in result.history["steps"]] == list(range(1, 7))
+    assert [v["step"] for v in result.history["val"]] == [3, 6]
+
+    best = max(result.history["val"], key=lambda v: v["val_t2a_map10"])
+    waveforms, captions, owner, _ = eval_pairs(shard_urls(toy_root, ["toy"], "val"))
+    engine = ClapInference(tmp_path / "model", device="cpu", batch_size=32, progress=False)
+    audio = engine.embed_audio([(w, SAMPLE_RATE) for w in waveforms])
+    expected = retrieval_metrics(audio, engine.embed_text(captions), owner)
+    assert {k: best[f"val_{k}"] for k in expected} == pytest.approx(expected, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- GPU smoke script
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_smoke_without_cuda_says_so_and_how_to_dry_run(capsys) -> None:
+    from benchmarks.gpu_smoke import main
+
+    assert main([]) == 2
+    message = capsys.readouterr().err
+    assert "no CUDA device" in message and "--cpu-dry-run" in message
+
+
+@pytest.mark.slow
+def test_gpu_smoke_cpu_dry_run_trains_through_the_stage(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_smoke", "--cpu-dry-run", "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "samples/s (steady" in done.stdout and "GPU utilisation: n/a (CPU dry run)" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["mode"] == "cpu-dry-run" and result["steps"] == 4 and result["samples_per_s_steady"] > 0
+    assert 0.0 <= result["val_t2a_map10"] <= 1.0
