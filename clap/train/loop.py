@@ -2,7 +2,8 @@
 
 Read top to bottom: build (or resume) the model and optimiser, then for each step draw a batch, let
 the objective (clap.train.objectives) compute the loss on the worker's device, step the optimiser
-and the warm-up/cosine schedule; validate and checkpoint at the end of every epoch.
+and the warm-up/cosine schedule; validate and checkpoint at the end of every epoch, and checkpoint
+every ``checkpoint_every`` steps in between (a resume continues at the checkpoint's step).
 """
 
 from __future__ import annotations
@@ -58,12 +59,27 @@ def build_clap(config: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+#: The validation metric reported with a checkpoint taken between validations (metrics are >= 0).
+UNVALIDATED_SCORE = -1.0
+#: What a resume restores and what it approximates (logged on resume).
+RESUME_NOTE = (
+    "model, optimiser, schedule and step are exact; the data stream restarts with its shuffle re-seeded "
+    "by the step (a fresh draw, not the exact continuation of the interrupted pass)"
+)
+
+
+def checkpoint_due(step: int, config: dict[str, Any]) -> bool:
+    """A checkpoint every ``checkpoint_every`` steps (besides the one after each validation)."""
+    every = config.get("checkpoint_every")
+    return bool(every) and step % int(every) == 0
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point (``train_loop_per_worker``)."""
     import ray.train
     import ray.train.torch
 
-    from clap.train.data import train_batches
+    from clap.train.data import loader_workers_for, train_batches
     from clap.train.objectives import OBJECTIVES
 
     context = ray.train.get_context()
@@ -92,8 +108,9 @@ def train_loop(config: dict[str, Any]) -> None:
             scheduler.load_state_dict(state["scheduler"])
             step = int(state["step"])
             history = json.loads((Path(ckpt_dir) / HISTORY_FILE).read_text())
-        if rank == 0:
-            logger.info("resumed from step %d of %d", step, total_steps)
+        history.setdefault("resumed_at", []).append(step)
+        if rank == 0:  # the data stream restarts re-seeded with the step (RESUME_NOTE)
+            logger.info("resumed from step %d of %d; %s", step, total_steps, RESUME_NOTE)
 
     step_module = objective.step_module(core) if hasattr(objective, "step_module") else core
     model = ray.train.torch.prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -108,6 +125,7 @@ def train_loop(config: dict[str, Any]) -> None:
         batches = train_batches(
             config["train_urls"], batch_size=config["batch_size"], target=objective.target,
             shuffle_buffer=config["shuffle_buffer"], seed=config["seed"] + step, rank=rank, world_size=world_size,
+            loader_workers=loader_workers_for(config), device=device,
         )
     objective.load_eval()
     generator = torch.Generator().manual_seed(config["seed"] * 7919 + rank + step)
@@ -143,13 +161,18 @@ def train_loop(config: dict[str, Any]) -> None:
             logger.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, total_steps,
                         record["loss"], record["lr"], record["samples_per_s"])
 
-        if step % config["steps_per_epoch"] == 0 or step == total_steps:
-            metrics = objective.evaluate(core, device)
-            metrics.update(step=step, epoch=record["epoch"], loss=record["loss"])
-            history["val"].append(metrics)
-            if rank == 0:
-                logger.info("epoch %d: %s", record["epoch"], ", ".join(
-                    f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+        validate = step % config["steps_per_epoch"] == 0 or step == total_steps
+        if validate or checkpoint_due(step, config):
+            if validate:  # every rank takes part: validation is split across ranks
+                metrics = objective.evaluate(core, device)
+                metrics.update(step=step, epoch=record["epoch"], loss=record["loss"])
+                history["val"].append(metrics)
+                if rank == 0:
+                    logger.info("epoch %d: %s", record["epoch"], ", ".join(
+                        f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+            else:  # ranks below every validated checkpoint; Ray keeps it while it is the latest
+                metrics = {objective.metric: UNVALIDATED_SCORE, "step": step, "epoch": record["epoch"],
+                           "loss": record["loss"]}
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:

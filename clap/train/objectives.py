@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clap.train.data import eval_pairs, eval_samples, pick_caption
+from clap.train.data import (
+    broadcast_from_rank0, caption_list, has_captions, loader_workers_for, pick_caption, validate_in_parts,
+)
 
 
 def _features(waveforms: Sequence[np.ndarray], fusion: bool, training: bool, device: torch.device,
@@ -83,23 +85,38 @@ class ContrastiveObjective:
         return {"logit_scale": float(core.logit_scale_a.exp().detach())}
 
     def load_eval(self) -> None:
-        waveforms, captions, owner, _ = eval_pairs(self.config["val_urls"])
-        self.eval_data = (waveforms, captions, owner)
+        """Nothing to load: evaluate() streams the validation split."""
 
     @torch.no_grad()
     def evaluate(self, core: nn.Module, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+        """Retrieval on the captioned clips of ``val_urls`` with all their original captions. Every
+        rank embeds its share a batch at a time; rank 0 computes the metrics once from every rank's
+        embeddings put back in shard order, and all ranks return rank 0's figures."""
         from clap.audio import SAMPLE_RATE
         from clap.eval.metrics import retrieval_metrics
         from clap.model.inference import ClapInference
 
-        waveforms, captions, owner = self.eval_data
         was_training = core.training
         engine = ClapInference(core, device=device, batch_size=batch_size, progress=False)  # sets eval mode
-        audio = engine.embed_audio([(waveform, SAMPLE_RATE) for waveform in waveforms])
-        text = engine.embed_text(captions)
+
+        def embed(batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            audio = engine.embed_audio([(waveform, SAMPLE_RATE) for waveform in batch.waveforms])
+            captions = [caption_list(meta) for meta in batch.targets]
+            text = engine.embed_text([c for clip in captions for c in clip])
+            return list(zip(audio, torch.split(text, [len(clip) for clip in captions]), strict=True))
+
+        clips = validate_in_parts(self.config["val_urls"], keep=has_captions, compute=embed,
+                                  batch_size=batch_size, loader_workers=loader_workers_for(self.config), device=device)
         core.train(was_training)
-        metrics = retrieval_metrics(audio, text, owner)
-        return {f"val_{k}": v for k, v in metrics.items()}
+        metrics = None
+        if clips is not None:  # rank 0
+            if not clips:
+                raise ValueError(f"no captioned validation clips in {self.config['val_set']}: check val_set")
+            owner = [i for i, (_, text) in enumerate(clips) for _ in range(len(text))]
+            audio = torch.stack([a for a, _ in clips])
+            text = torch.cat([t for _, t in clips])
+            metrics = {f"val_{k}": v for k, v in retrieval_metrics(audio, text, owner).items()}
+        return broadcast_from_rank0(metrics)
 
     def save(self, core: nn.Module, directory: Path) -> None:
         from clap.model.checkpoint import save_model
@@ -181,37 +198,42 @@ class ClassificationObjective:
     def after_step(self, core: nn.Module) -> dict[str, float]:
         return {}
 
-    def load_eval(self) -> None:
+    def _is_val_clip(self, meta: dict[str, Any]) -> bool:
         folds = self.config.get("val_folds")
-        waveforms, targets = [], []
-        for waveform, meta in eval_samples(self.config["val_urls"]):
-            if folds and meta.get("fold") not in folds:
-                continue
-            vector = self._label_vector(meta)
-            if vector is not None:
-                waveforms.append(waveform)
-                targets.append(vector)
-        if not waveforms:
-            raise ValueError(f"no labelled validation clips in {self.config['val_urls']} (val_folds={folds})")
-        self.eval_data = (waveforms, np.stack(targets))
+        return (not folds or meta.get("fold") in folds) and self._label_vector(meta) is not None
+
+    def load_eval(self) -> None:
+        """Nothing to load: evaluate() streams the validation split."""
 
     @torch.no_grad()
     def evaluate(self, core: nn.Module, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+        """Logits of the labelled validation clips, each rank its share a batch at a time; rank 0
+        computes the metrics once over all of them in shard order, and all ranks return its figures."""
         from clap.eval.metrics import mean_average_precision, topk_accuracy
 
-        waveforms, targets = self.eval_data
         was_training = core.training
         core.eval()
-        logits = []
-        for start in range(0, len(waveforms), batch_size):
-            feats = _features(waveforms[start:start + batch_size], self.config["fusion"], False, device)
-            logits.append(core(feats.input_features, feats.is_longer).float().cpu())
+
+        def classify(batch) -> list[tuple[np.ndarray, np.ndarray]]:
+            feats = _features(batch.waveforms, self.config["fusion"], False, device)
+            logits = core(feats.input_features, feats.is_longer).float().cpu().numpy()
+            return [(row, self._label_vector(meta)) for row, meta in zip(logits, batch.targets, strict=True)]
+
+        clips = validate_in_parts(self.config["val_urls"], keep=self._is_val_clip, compute=classify,
+                                  batch_size=batch_size, loader_workers=loader_workers_for(self.config), device=device)
         core.train(was_training)
-        scores = torch.cat(logits).numpy()
+        if clips is None:  # not rank 0
+            return broadcast_from_rank0(None)
+        if not clips:
+            raise ValueError(f"no labelled validation clips in {self.config['val_set']} (val_folds="
+                             f"{self.config.get('val_folds')}, val_fraction={self.config.get('val_fraction')}); "
+                             "check the set name, its folds, or raise val_fraction")
+        scores = np.stack([logits for logits, _ in clips])
+        targets = np.stack([target for _, target in clips])
         metrics = {"val_map": mean_average_precision(scores, targets)}
         if not self.multi_label:
             metrics.update({f"val_{k}": v for k, v in topk_accuracy(scores, targets.argmax(axis=1), ks=(1, 5)).items()})
-        return metrics
+        return broadcast_from_rank0(metrics)
 
     def save(self, core: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
