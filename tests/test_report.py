@@ -86,3 +86,19 @@ def test_table3_from_a_hand_made_exp_show(tmp_path: Path) -> None:
     assert "Rows without runs: plus-labels-template, plus-labels-template-fusion, plus-labels-k2c" in text
     assert "| 90.0" not in text  # the baseline is no seed of any row
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeded_experiment_names_are_the_ones_table3_reads(capsys) -> None:  # noqa: ANN001 - pytest fixture
+    from clap.experiments import main as experiments_main
+    from clap.report.table3 import _SEEDED
+    from tests.repo_copy import REPO_ROOT
+
+    assert experiments_main(["list", str(REPO_ROOT / "experiments/table3.yaml"), "--repo", str(REPO_ROOT),
+                             "--seeds", "3407,7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runnable = [line for line in lines if "seed=" in line]
+    assert len(runnable) == 8  # 4 runnable CPU rows x 2 seeds; the k2c rows need --set captions.k2c_model
+    for line in runnable:
+        match = _SEEDED.match(line.split()[0])
+        assert match and match["table"] == "3" and line.endswith(f"-S seed={match['seed']}")
+    assert {_SEEDED.match(line.split()[0])["seed"] for line in runnable} == {"3407", "7"}
