@@ -102,3 +102,12 @@ def test_seeded_experiment_names_are_the_ones_table3_reads(capsys) -> None:  # n
         match = _SEEDED.match(line.split()[0])
         assert match and match["table"] == "3" and line.endswith(f"-S seed={match['seed']}")
     assert {_SEEDED.match(line.split()[0])["seed"] for line in runnable} == {"3407", "7"}
+
+
+def test_experiments_table_takes_whole_set_figures() -> None:
+    from clap.report.report import _find
+
+    flat = {"reports/eval/zeroshot.json:builtin_esc.balanced_top1": 0.1, "reports/eval/zeroshot.json:builtin_esc.dur_gt10s.top1": 0.2,
+            "reports/eval/zeroshot.json:builtin_esc.top1": 0.3, "reports/train/metrics.json:val_t2a_r1": 0.4}
+    assert _find(flat, "top1") == 0.3
+    assert _find(flat, "val_t2a_r1") == 0.4 and _find(flat, "t2a_r1") is None

@@ -163,11 +163,12 @@ def experiments_table(root: Path, columns: list[str]) -> list[str]:
     return ["## Experiments (`dvc exp show`)", ""] + _table(["experiment", "switches"] + columns, rows) + [""]
 
 
-def _find(flat: dict[str, Any], suffix: str) -> Any:
-    for key, value in flat.items():
-        if key.endswith(suffix):
-            return value
-    return None
+def _find(flat: dict[str, Any], metric: str) -> Any:
+    """The value of ``metric`` (``file:metric`` or ``file:<set>.metric``), whole-set figures before
+    fold or duration-bucket ones (``<set>.dur_gt10s.top1``) and never a longer name (``balanced_top1``)."""
+    hits = sorted((key.count("."), key) for key in flat
+                  if key.rpartition(":")[2] == metric or key.endswith("." + metric))
+    return flat[hits[0][1]] if hits else None
 
 
 def iter_experiments(data: Any) -> Iterable[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
