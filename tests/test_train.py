@@ -128,34 +128,6 @@ def test_prune_keeps_the_newest_finished_runs_of_a_family(tmp_path: Path) -> Non
     assert len(fresh) == 20 and all(name.startswith("clap-") for name in fresh)
 
 
-@pytest.mark.parametrize("multi_label,linear_probe", [(False, True), (True, False)])
-def test_supervised_finetune_through_the_same_trainer(ray_cluster, shard_root: Path, tmp_path: Path,
-                                                      multi_label: bool, linear_probe: bool) -> None:
-    import json
-
-    from safetensors.torch import load_file
-
-    from clap.model.checkpoint import save_model
-    from clap.model.model import ClapConfig, ClapModel
-    from tests.toy_shards import TOY_CLASSES
-
-    save_model(ClapModel(ClapConfig(audio_encoder="htsat-cpu", text_encoder="tiny-bert")), tmp_path / "clap")
-    config = tiny_config(
-        shard_root, tmp_path / "ray", objective="classification", init_checkpoint=str(tmp_path / "clap"),
-        classes=sorted(TOY_CLASSES), multi_label=multi_label, linear_probe=linear_probe,
-        epochs=1, steps_per_epoch=2, num_workers=1, lr=1e-2,
-    )
-    assert config.val_metric == ("val_map" if multi_label else "val_top1")
-    result = run_training(config, tmp_path / "classifier")
-    assert 0.0 <= result.metrics["val_map"] <= 1.0
-    if not multi_label:
-        assert 0.0 <= result.metrics["val_top1"] <= 1.0
-    saved = json.loads((tmp_path / "classifier" / "classes.json").read_text())
-    assert saved == {"classes": sorted(TOY_CLASSES), "multi_label": multi_label, "linear_probe": linear_probe}
-    head = load_file(str(tmp_path / "classifier" / "head.safetensors"))
-    assert head["weight"].shape == (len(TOY_CLASSES), 512)
-
-
 def test_finetune_classes_come_from_the_named_sets(tmp_path: Path) -> None:
     from clap.data.manifest import ManifestRow, write_manifest
     from clap.stages.finetune import task_classes

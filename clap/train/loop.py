@@ -100,7 +100,7 @@ def train_loop(config: dict[str, Any]) -> None:
     step, history = 0, {"steps": [], "val": []}
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resume after a failure (or a re-run of the same experiment)
+    if checkpoint is not None:  # resume after a failure in this execution, or a run named by `resume`
         with checkpoint.as_directory() as ckpt_dir:
             objective.load(core, Path(ckpt_dir) / MODEL_DIR)
             state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=True)

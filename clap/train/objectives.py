@@ -7,6 +7,7 @@ batch into a loss, evaluates on the held-out split, and saves/loads its model. T
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -155,6 +156,18 @@ class AudioClassifier(nn.Module):
         return self
 
 
+def in_set(meta: dict[str, Any], set_name: str, default_split: str) -> bool:
+    """Whether a clip belongs to ``source`` or ``source/split`` (a bare source means its default split)."""
+    source, _, split = set_name.partition("/")
+    return meta.get("source") == source and meta.get("split") == (split or default_split)
+
+
+def id_share(clip_id: str) -> float:
+    """A clip's fixed place in [0, 1) from a hash of its id: the same clips fall below a share on every
+    machine and every run, so a validation share carved from a training split is stable."""
+    return int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big") / 2.0 ** 64
+
+
 class ClassificationObjective:
     """Supervised fine-tune: single-label (cross-entropy, accuracy) or multi-label (BCE, mAP)."""
 
@@ -170,13 +183,21 @@ class ClassificationObjective:
 
         return AudioClassifier(build_clap(self.config), len(self.classes), self.config["linear_probe"])
 
-    def _holds_out(self, meta: dict[str, Any]) -> bool:
-        folds = self.config.get("val_folds")
-        return bool(folds) and meta.get("fold") in folds
+    def _is_val(self, meta: dict[str, Any]) -> bool:
+        """A clip of the validation split: of ``val_set``, in ``val_folds`` and in the hashed
+        ``val_fraction`` share when those are set."""
+        folds, fraction = self.config.get("val_folds"), self.config.get("val_fraction")
+        return (in_set(meta, self.config["val_set"], "val")
+                and (not folds or meta.get("fold") in folds)
+                and (not fraction or id_share(str(meta.get("id", ""))) < fraction))
+
+    def _is_test(self, meta: dict[str, Any]) -> bool:
+        folds, test_set = self.config.get("test_folds"), self.config.get("test_set")
+        return bool(test_set) and in_set(meta, test_set, "test") and (not folds or meta.get("fold") in folds)
 
     def target(self, meta: dict[str, Any]) -> np.ndarray | None:
-        if self._holds_out(meta):
-            return None
+        if self._is_val(meta) or self._is_test(meta):
+            return None  # selection and test data are never trained on
         return self._label_vector(meta)
 
     def _label_vector(self, meta: dict[str, Any]) -> np.ndarray | None:
@@ -199,8 +220,7 @@ class ClassificationObjective:
         return {}
 
     def _is_val_clip(self, meta: dict[str, Any]) -> bool:
-        folds = self.config.get("val_folds")
-        return (not folds or meta.get("fold") in folds) and self._label_vector(meta) is not None
+        return self._is_val(meta) and self._label_vector(meta) is not None
 
     def load_eval(self) -> None:
         """Nothing to load: evaluate() streams the validation split."""
