@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -25,6 +26,7 @@ from clap.corpus import (
     encode_audio,
     generate_corpus,
     plan_corpus,
+    portable,
     read_metadata,
     set_ogg_serial,
 )
@@ -76,6 +78,75 @@ def test_same_params_give_byte_identical_corpus_whatever_the_worker_count(corpus
     first, second = file_digests(out), file_digests(again.out_dir)
     assert first == second
     assert any(name.endswith(".ogg") for name in first) and any(name.endswith(".mp3") for name in first)
+
+def simd_variants() -> dict[str, str]:
+    """NPY_DISABLE_CPU_FEATURES values that make numpy run as on machines with fewer SIMD features:
+    first numpy's baseline only, then each dispatch target below the best this CPU has (on x86 with
+    AVX-512: baseline, AVX2, AVX-512 without the Ice Lake extras)."""
+    from numpy._core import _multiarray_umath as umath
+
+    found = [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+    return {f"without {' '.join(found[i:])}": " ".join(found[i:]) for i in range(len(found))}
+
+
+_DIGESTS = """
+import hashlib, json, sys
+from clap.corpus import CorpusConfig, generate_corpus, mix_clip, plan_corpus
+config = CorpusConfig(**json.loads(sys.argv[1]))
+plans, _ = plan_corpus(config)
+mixes = {p.id: hashlib.sha256(mix_clip(p, config.seed).tobytes()).hexdigest() for p in plans[:: int(sys.argv[2])]}
+if len(sys.argv) > 3:
+    generate_corpus(sys.argv[3], config, progress=False)
+print(json.dumps(mixes))
+"""
+
+
+def digests_in_subprocess(env_extra: dict[str, str], step: int, out: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, **env_extra}
+    args = [sys.executable, "-c", _DIGESTS, json.dumps({**TINY, "workers": 1}), str(step)] + ([str(out)] if out else [])
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_float64_mix_has_the_same_bits_whatever_simd_numpy_uses():
+    """numpy's AVX-512 exp/log/power differ in the last bit from its AVX2 ones; a sweep's phase sum
+    carries such a bit into every later sample. The mix must not depend on them (every 3rd clip:
+    all classes, backgrounds, mono and stereo)."""
+    native = digests_in_subprocess({}, 3)
+    assert len(native) >= 25
+    for name, disabled in simd_variants().items():
+        assert digests_in_subprocess({"NPY_DISABLE_CPU_FEATURES": disabled}, 3) == native, name
+
+
+def test_a_machine_with_fewer_simd_features_writes_the_same_bytes(corpus, tmp_path):
+    """The whole corpus written as a baseline-SIMD machine would write it (numpy limited to its
+    baseline, one process) against the fixture's (all features, two workers)."""
+    variants = simd_variants()
+    if not variants:
+        pytest.skip("this CPU has no SIMD features beyond numpy's baseline")
+    out, _, _ = corpus
+    disabled = list(variants.values())[0]  # everything above the baseline
+    digests_in_subprocess({"NPY_DISABLE_CPU_FEATURES": disabled}, 1000, tmp_path / "baseline")
+    assert file_digests(tmp_path / "baseline") == file_digests(out)
+
+
+def test_portable_functions_match_numpy_to_a_few_ulp():
+    x = np.random.default_rng(0).uniform(-700.0, 700.0, 200_000)
+    positive = np.abs(x) + 1e-3
+
+    def ulps(mine: np.ndarray, reference: np.ndarray) -> float:
+        return float(np.max(np.abs(mine - reference) / np.spacing(np.abs(reference))))
+
+    assert ulps(portable.exp(x), np.exp(x)) <= 2
+    assert ulps(portable.log(positive), np.log(positive)) <= 2
+    assert ulps(portable.power(positive[:1000], x[:1000] / 300), positive[:1000] ** (x[:1000] / 300)) <= 16
+    assert np.max(np.abs(portable.tanh(x / 100) - np.tanh(x / 100))) <= 4e-16
+    assert portable.int_power(np.array([1.5, -2.0]), 4).tolist() == [1.5**4, 16.0]
+    assert portable.exp(-1e5) == 0.0 and portable.exp(0.0) == 1.0 and portable.log(1.0) == 0.0
+    assert abs(portable.db_to_gain(-20.0) - 0.1) < 1e-16
+    with pytest.raises(ValueError, match="values > 0"):
+        portable.log(np.array([1.0, 0.0]))
 
 
 def test_a_set_keeps_its_clips_when_another_set_changes_size():

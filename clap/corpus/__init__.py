@@ -46,12 +46,17 @@ Layout under the output folder
 
 Determinism
     Every clip is drawn from its own seed, derived from (seed, set, split, index), so a clip does not
-    change when another set's size does and worker scheduling cannot change any file. libsndfile
-    gives each OGG stream a random serial number; we rewrite it with one derived from the clip's seed
-    (and fix the page checksums), which makes OGG files reproducible too. Float WAV files carry a
-    PEAK chunk stamped with the time of writing; we zero the stamp. MP3 (LAME) output is
-    deterministic as it is. A format the installed libsndfile cannot write falls back to FLAC with a
-    warning.
+    change when another set's size does and worker scheduling cannot change any file. The bytes do
+    not depend on the machine either: numpy picks its float64 exp/log/power/tanh by CPU (AVX-512
+    SIMD code differs in the last bit from AVX2 code, and a sweep's phase sum carries that bit into
+    the samples), so the synthesisers use clap.corpus.portable, built from exactly rounded
+    operations only; sin, cos, sqrt, sums, FFTs and the random generator give the same bits on every
+    x86-64 SIMD level (tests/test_corpus.py runs numpy limited to each level). libsndfile gives
+    each OGG stream a random serial number; we rewrite it with one derived from the clip's seed (and
+    fix the page checksums). Float WAV files carry a PEAK chunk stamped with the time of writing; we
+    zero the stamp. FLAC and MP3 (LAME) output is deterministic as it is. A format the installed
+    libsndfile cannot write falls back to FLAC with a warning. The bytes are those of the pinned
+    numpy, scipy and soundfile (libsndfile) versions; another version may round differently.
 """
 
 from clap.corpus.config import CorpusConfig
@@ -62,6 +67,7 @@ from clap.corpus.generate import (
     SUMMARY_FILE,
     CorpusSummary,
     generate_corpus,
+    mix_clip,
     read_metadata,
     render_clip,
     write_corpus,
@@ -71,6 +77,6 @@ from clap.corpus.sounds import SOUND_CLASSES, class_labels
 
 __all__ = [
     "CLASSES_FILE", "FORMATS", "METADATA_FILE", "SOUND_CLASSES", "SUMMARY_FILE", "ClipPlan", "CorpusConfig",
-    "CorpusSummary", "class_labels", "encode_audio", "generate_corpus", "plan_corpus", "read_metadata",
+    "CorpusSummary", "class_labels", "encode_audio", "generate_corpus", "mix_clip", "plan_corpus", "read_metadata",
     "render_clip", "set_ogg_serial", "write_corpus",
 ]

@@ -58,9 +58,9 @@ class CorpusSummary:
         return data
 
 
-
-def render_clip(plan: ClipPlan, seed: int) -> np.ndarray:
-    """The clip's samples, float32 shaped (frames, channels), peak below 1."""
+def mix_clip(plan: ClipPlan, seed: int) -> np.ndarray:
+    """The clip's float64 mix shaped (channels, frames), peak at most 0.98: the same bits on every
+    machine (clap.corpus.portable), which ``render_clip`` then rounds to float32."""
     rng = seeded_rng(seed, *plan.seed_key)
     sr = plan.sample_rate
     n = max(1, round(plan.duration * sr))
@@ -73,8 +73,12 @@ def render_clip(plan: ClipPlan, seed: int) -> np.ndarray:
     peak = np.abs(audio).max()
     if peak > 0.98:
         audio *= 0.98 / peak
-    return np.ascontiguousarray(audio.T, dtype=np.float32)
+    return audio
 
+
+def render_clip(plan: ClipPlan, seed: int) -> np.ndarray:
+    """The clip's samples, float32 shaped (frames, channels), peak below 1."""
+    return np.ascontiguousarray(mix_clip(plan, seed).T, dtype=np.float32)
 
 
 def _write_clip(job: tuple[ClipPlan, int, str]) -> tuple[str, int, float]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clap.corpus import synth
+from clap.corpus import portable, synth
 from clap.corpus.synth import BACKGROUNDS, render_background
 
 __all__ = ["BACKGROUNDS", "CLASS_BY_NAME", "SOUND_CLASSES", "EventPlan", "SoundClass", "class_labels",
@@ -194,7 +194,7 @@ def render_event(event: EventPlan, n: int, sr: int, rng: np.random.Generator) ->
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
         sound[:fade] *= ramp
         sound[n - fade :] *= ramp[::-1]
-    return sound * 10 ** (event.gain_db / 20.0)
+    return sound * portable.db_to_gain(event.gain_db)
 
 
 def pan_gains(pan: float, channels: int) -> np.ndarray:

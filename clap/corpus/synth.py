@@ -4,6 +4,9 @@ Synthesisers take ``(n, sample_rate, rng, pitch, rate)`` and return ``n`` float6
 and ``rate`` are factors around 1 (about 0.75-1.33 and 0.6-1.6) that move the sound's frequencies
 and its tempo. The classes differ in spectrum (40 Hz drones to 5 kHz chirps) and in time structure
 (steady, swept, periodic clicks, bursts), so that a small model can tell them apart.
+
+exp, log, power and tanh come from clap.corpus.portable, so the samples have the same bits on every
+machine (numpy's own pick their SIMD code by CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.fft import next_fast_len
+
+from clap.corpus import portable
 
 # ----------------------------------------------------------------------------------------------
 # Signal building blocks
@@ -44,9 +49,9 @@ def _band_gain(freqs: np.ndarray, low: float | None, high: float | None, order: 
     f = np.maximum(freqs, 1e-3)
     gain = np.ones_like(f)
     if low is not None:
-        gain /= np.sqrt(1.0 + (low / f) ** (2 * order))
+        gain /= np.sqrt(1.0 + portable.int_power(low / f, 2 * order))
     if high is not None:
-        gain /= np.sqrt(1.0 + (f / high) ** (2 * order))
+        gain /= np.sqrt(1.0 + portable.int_power(f / high, 2 * order))
     return gain
 
 
@@ -60,7 +65,7 @@ def _shaped_noise(n: int, sr: int, rng: np.random.Generator, gain: Callable[[np.
 
 def _slow_curve(n: int, sr: int, rng: np.random.Generator, cutoff: float) -> np.ndarray:
     """A smooth random curve (unit RMS) changing no faster than ``cutoff`` Hz."""
-    return _shaped_noise(n, sr, rng, lambda f: 1.0 / (1.0 + (f / cutoff) ** 4))
+    return _shaped_noise(n, sr, rng, lambda f: 1.0 / (1.0 + portable.int_power(f / cutoff, 4)))
 
 
 def _clamp_freq(freq: float, sr: int, limit: float = 0.42) -> float:
@@ -95,7 +100,7 @@ def _gate(n: int, sr: int, segments: Sequence[tuple[float, float]], ramp: float)
 
 def _decay(n: int, sr: int, tau: float, attack: float = 0.002) -> np.ndarray:
     t = _times(n, sr)
-    return np.exp(-t / tau) * np.minimum(1.0, t / attack)
+    return portable.exp(-t / tau) * np.minimum(1.0, t / attack)
 
 
 def _beat_times(total: float, interval: float, rng: np.random.Generator, jitter: float = 0.0) -> np.ndarray:
@@ -127,7 +132,7 @@ def engine(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float)
     drone = np.zeros(n)
     for k in range(1, 21):
         if k * f0 * 1.1 < 0.45 * sr:
-            drone += np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k**0.7
+            drone += np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / float(portable.power(k, 0.7))
     throb = (0.55 + 0.45 * np.sin(2 * np.pi * 7.0 * rate * _times(n, sr) + rng.uniform(0, 2 * np.pi))) ** 2
     rumble = _shaped_noise(n, sr, rng, lambda f: _band_gain(f, None, 250.0))
     return drone * throb + 0.25 * rumble
@@ -164,7 +169,7 @@ def bell(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -
     strike = np.zeros(m)
     for ratio, amp, tau in _BELL_PARTIALS:
         if ratio * f0 < 0.45 * sr:
-            strike += amp * np.sin(2 * np.pi * ratio * f0 * t + rng.uniform(0, 2 * np.pi)) * np.exp(-t / tau)
+            strike += amp * np.sin(2 * np.pi * ratio * f0 * t + rng.uniform(0, 2 * np.pi)) * portable.exp(-t / tau)
     strike *= np.minimum(1.0, t / 0.003)
     out = np.zeros(n)
     onsets = _beat_times(n / sr, 2.2 / rate, rng)
@@ -217,7 +222,7 @@ def dog_bark(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: floa
     for _ in range(3):
         m = int(rng.uniform(0.12, 0.22) * sr)
         t = _times(m, sr)
-        f0 = 420.0 * pitch * (1.0 + 0.25 * np.exp(-t / 0.03)) * (1.0 - 0.25 * t / t[-1])
+        f0 = 420.0 * pitch * (1.0 + 0.25 * portable.exp(-t / 0.03)) * (1.0 - 0.25 * t / t[-1])
         source = _harmonics(_phase(f0, sr), float(f0.max()), sr, [1.0 / k for k in range(1, 30)])
         source += 0.25 * rng.standard_normal(m)
         voiced = np.fft.irfft(np.fft.rfft(source) * formant_gain(np.fft.rfftfreq(m, 1.0 / sr)), m)
@@ -237,7 +242,7 @@ def dog_bark(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: floa
 def drum(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
     m = min(n, int(0.6 * sr))
     t = _times(m, sr)
-    body = np.sin(_phase(65.0 * pitch * (1.0 + 1.2 * np.exp(-t / 0.025)), sr)) * _decay(m, sr, 0.22, 0.001)
+    body = np.sin(_phase(65.0 * pitch * (1.0 + 1.2 * portable.exp(-t / 0.025)), sr)) * _decay(m, sr, 0.22, 0.001)
     skin = _shaped_noise(m, sr, rng, lambda f: _band_gain(f, 150.0, 2500.0)) * _decay(m, sr, 0.035, 0.001)
     hit = body + 0.35 * skin
     onsets = _beat_times(n / sr, 60.0 / (105.0 * rate), rng, jitter=0.004)
@@ -256,7 +261,7 @@ def water_drip(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: fl
     while start < total:
         f_start = 650.0 * pitch * rng.uniform(0.85, 1.15)
         f_end = _clamp_freq(f_start * rng.uniform(2.2, 3.0), sr)
-        freq = f_start * (f_end / f_start) ** np.minimum(1.0, t / 0.025)  # a rising "plink"
+        freq = f_start * portable.power(f_end / f_start, np.minimum(1.0, t / 0.025))  # a rising "plink"
         blip = np.sin(_phase(freq, sr)) * _decay(m, sr, 0.012, 0.0015)
         echo = int(0.035 * sr)
         blip[echo:] += 0.25 * blip[:-echo]
@@ -266,7 +271,7 @@ def water_drip(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: fl
 
 
 def wind(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) -> np.ndarray:
-    gust = 0.5 + 0.5 * np.tanh(1.2 * _slow_curve(n, sr, rng, 0.25 * rate))
+    gust = 0.5 + 0.5 * portable.tanh(1.2 * _slow_curve(n, sr, rng, 0.25 * rate))
     low = _shaped_noise(n, sr, rng, lambda f: _band_gain(f, None, 300.0 * pitch))
     whoosh = _shaped_noise(n, sr, rng, lambda f: _band_gain(f, 500.0 * pitch, 1600.0 * pitch))
     return low * (0.35 + 0.65 * gust) + 0.6 * whoosh * gust**2
@@ -298,7 +303,7 @@ def birds(n: int, sr: int, rng: np.random.Generator, pitch: float, rate: float) 
                 frac = np.linspace(0.0, 1.0, m)
                 if rng.random() < 0.3:
                     frac = frac[::-1]
-                freq = high * (low / high) ** frac  # a fast sweep
+                freq = high * portable.power(low / high, frac)  # a fast sweep
                 chirp = _harmonics(_phase(freq, sr), high, sr, (1.0, 0.2)) * np.hanning(m)
                 _scatter(out, chirp, [int(start * sr)], [rng.uniform(0.6, 1.0)])
                 start += m / sr + rng.uniform(0.03, 0.08)
@@ -344,4 +349,4 @@ def render_background(kind: str, level_db: float, n: int, sr: int, channels: int
         common = _shaped_noise(n, sr, rng, tilt)
         noise = [0.8 * common + 0.6 * _shaped_noise(n, sr, rng, tilt) for _ in range(channels)]
     out = np.stack(noise[:channels])
-    return out * (10 ** (level_db / 20.0) / (np.sqrt(np.mean(out**2)) + 1e-12))
+    return out * (portable.db_to_gain(level_db) / (np.sqrt(np.mean(out**2)) + 1e-12))
