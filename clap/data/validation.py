@@ -4,10 +4,15 @@ A stage builds a DataFrame (one row per clip, with whatever derived columns its 
 list of expectations, then calls :func:`validate_dataframe`. The helper runs them through GX 1.x
 (an ephemeral context, a pandas data source, a whole-dataframe batch, a checkpoint), writes
 
-    <report_dir>/<suite_name>.json     the GX validation result
+    <report_dir>/<suite_name>.json     the GX validation result, without GX's run times and random
+                                       ids (``stable_result``): the same data gives the same bytes
     <report_dir>/docs/index.html       GX data docs for the run (HTML)
 
 and raises :class:`DataValidationError` naming each failed expectation when any fails.
+
+The data docs name their pages after the run time and embed ids, and GX has no switch to leave them
+out, so they differ on every run: they are a local view for people (git-ignored, not a DVC output),
+while the result JSON is the record that git and dvc.lock track.
 
 GX takes seconds to import and start, so the module creates one data context per process and
 reuses it for every call.
@@ -15,9 +20,11 @@ reuses it for every call.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,11 @@ if logging.getLogger("great_expectations").level == logging.NOTSET:
 MAX_EXAMPLES = 5
 
 _CONTEXT: Any = None
+
+#: Keys of a GX result's ``meta`` that change on every run (times, random ids).
+VOLATILE_META_KEYS = ("checkpoint_id", "validation_id", "validation_time", "run_id")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_TIMESTAMP = re.compile(r"^\d{4}-?\d{2}-?\d{2}T\d{2}:?\d{2}:?\d{2}")
 
 
 class DataValidationError(ValueError):
@@ -95,6 +107,33 @@ class ValidationReport:
             + ")"
         )
         return "\n".join([head] + [f"  - {f.describe()}" for f in self.failures])
+
+
+def _drop_run_stamps(meta: dict[str, Any]) -> None:
+    """Remove, at any depth of ``meta``, values that are timestamps or UUIDs (e.g. ge_load_time)."""
+    for key in list(meta):
+        value = meta[key]
+        if isinstance(value, dict):
+            _drop_run_stamps(value)
+        elif isinstance(value, str) and (_UUID.match(value) or _TIMESTAMP.match(value)):
+            del meta[key]
+
+
+def stable_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A GX validation result (``to_json_dict()``) without what changes from run to run: the run
+    id and times, the checkpoint/validation ids, batch load times and each expectation's random id.
+    What was checked and what was found (types, kwargs, observed values, success) all stay."""
+    stable = copy.deepcopy(dict(result))
+    meta = stable.get("meta")
+    if isinstance(meta, dict):
+        for key in VOLATILE_META_KEYS:
+            meta.pop(key, None)
+        _drop_run_stamps(meta)
+    for item in stable.get("results") or []:
+        config = item.get("expectation_config") if isinstance(item, dict) else None
+        if isinstance(config, dict):
+            config.pop("id", None)
+    return stable
 
 
 def _gx_context() -> Any:
@@ -234,7 +273,8 @@ def validate_dataframe(
     validation = next(iter(outcome.run_results.values()))
 
     result_path = report_dir / f"{suite_name}.json"
-    result_path.write_text(json.dumps(validation.to_json_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    stable = stable_result(validation.to_json_dict())
+    result_path.write_text(json.dumps(stable, indent=2, sort_keys=True, default=str) + "\n")
     failures = [_summarise(r, index_column if use_index else None) for r in validation.results if not r.success]
     report = ValidationReport(
         suite_name=suite_name,
