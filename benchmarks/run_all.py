@@ -15,6 +15,7 @@ BENCHMARKS = [
     "benchmarks.train_scaling",
     "benchmarks.retrieval_memory",
     "benchmarks.s3_shards",
+    "benchmarks.loader_throughput",
     "benchmarks.flow_overhead",
 ]
 
