@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from clap.model.loss import contrastive_loss
-from clap.model.model import ClapConfig, ClapModel
+from clap.model.factory import create_model
+from clap.model.model import ClapConfig
 
 RESULTS = Path(__file__).parent / "results"
 ROWS = [
@@ -51,7 +52,7 @@ class Row:
     def __init__(self, audio: str, text: str, freeze_text: bool, batch: int) -> None:
         torch.manual_seed(0)
         self.audio, self.text, self.freeze_text, self.batch = audio, text, freeze_text, batch
-        self.model = ClapModel(ClapConfig(audio_encoder=audio, text_encoder=text, freeze_text=freeze_text)).train()
+        self.model = create_model(ClapConfig(audio_encoder=audio, text_encoder=text, freeze_text=freeze_text)).train()
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
         self.features = torch.randn(batch, 1, 1001, 64) * 10 - 40
         self.tokens = self.model.tokenize([CAPTIONS[i % 2] for i in range(batch)])

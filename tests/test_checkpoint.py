@@ -21,7 +21,10 @@ import torch
 import transformers
 from tokenizers import ByteLevelBPETokenizer
 
-from clap.model.checkpoint import CheckpointError, export_transformers, load_model, save_model
+from clap.model.factory import create_model, load_model
+from clap.model.hf_interop import export_transformers
+from clap.model.native import save_model
+from clap.model.weights import CheckpointError
 from clap.model.model import ClapConfig, ClapModel
 
 TINY_HTSAT = {"patch_embeds_hidden_size": 8, "depths": [1, 2], "num_attention_heads": [1, 2]}
@@ -318,7 +321,7 @@ def test_laion_checkpoint_with_another_front_end_is_refused(tokenizer_dir: str, 
 def test_released_style_checkpoint_loads_with_numpy_trainer_state(tokenizer_dir: str, tmp_path: Path) -> None:
     """numpy float64 learning rates, a numpy int epoch and a scaler beside the weights, pickled under
     numpy 2's and numpy 1's module names: the weights load, the trainer state is not returned."""
-    from clap.model.torch_files import read_torch_state_dict, safe_torch_load
+    from clap.model.weights import read_torch_state_dict, safe_torch_load
 
     hf = tiny_hf_clap(False)
     path = save_laion(tmp_path / "630k-tiny.pt", laion_state_dict(hf, False))
@@ -373,8 +376,8 @@ def test_audio_tower_starts_from_laion_and_transformers_checkpoints(tmp_path: Pa
     with torch.no_grad():
         want = hf.audio_model(input_features=x).pooler_output
     for source in (laion, tmp_path / "hf"):
-        model = ClapModel(ClapConfig(audio_encoder="htsat-tiny", text_encoder="tiny-bert", audio_overrides=TINY_HTSAT,
-                                     audio_pretrained=str(source))).eval()
+        model = create_model(ClapConfig(audio_encoder="htsat-tiny", text_encoder="tiny-bert", audio_overrides=TINY_HTSAT,
+                                        audio_pretrained=str(source))).eval()
         with torch.no_grad():
             torch.testing.assert_close(model.audio_encoder(x), want, atol=1e-5, rtol=0)
 

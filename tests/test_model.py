@@ -11,7 +11,9 @@ import torch
 from transformers import BertModel
 
 from clap.model.audio_encoders import build_audio_encoder
-from clap.model.checkpoint import CheckpointError, save_model
+from clap.model.factory import create_model
+from clap.model.native import save_model
+from clap.model.weights import CheckpointError
 from clap.model.model import ClapConfig, ClapModel
 from clap.model.presets import AUDIO_PRESETS, TEXT_PRESETS, PresetError, audio_preset
 from clap.model.text_encoders import ModelNotFoundLocally, build_text_encoder
@@ -192,10 +194,10 @@ def test_text_tower_starts_from_a_local_transformers_folder(tmp_path: Path) -> N
     torch.manual_seed(5)
     source = build_text_encoder("tiny-bert", load_weights=False)
     source.model.save_pretrained(str(tmp_path / "bert"))
-    model = ClapModel(tiny_config(text_pretrained=str(tmp_path / "bert")))
+    model = create_model(tiny_config(text_pretrained=str(tmp_path / "bert")))
     for key, value in source.model.state_dict().items():
         assert torch.equal(model.text_encoder.model.state_dict()[key], value), key
-    random_init = ClapModel(tiny_config(text_pretrained=str(tmp_path / "bert"), text_random_init=True))
+    random_init = create_model(tiny_config(text_pretrained=str(tmp_path / "bert"), text_random_init=True))
     assert not torch.equal(random_init.text_encoder.model.embeddings.word_embeddings.weight,
                            source.model.embeddings.word_embeddings.weight)
 
@@ -223,8 +225,8 @@ def test_audio_tower_starts_from_a_pann_audioset_checkpoint(tmp_path: Path) -> N
                   "spectrogram_extractor.stft.conv_real.weight": torch.randn(513, 1, 1024),
                   "logmel_extractor.melW": torch.randn(513, 64)})
     torch.save({"iteration": 1, "model": state}, tmp_path / "Cnn-tiny_mAP=0.1.pth")
-    model = ClapModel(tiny_config(audio_encoder="pann-cpu", audio_overrides={},
-                                  audio_pretrained=str(tmp_path / "Cnn-tiny_mAP=0.1.pth")))
+    model = create_model(tiny_config(audio_encoder="pann-cpu", audio_overrides={},
+                                     audio_pretrained=str(tmp_path / "Cnn-tiny_mAP=0.1.pth")))
     assert torch.equal(model.audio_encoder.cnn.fc1.weight, state["fc1.weight"])
     assert torch.equal(model.audio_encoder.cnn.conv_block3.bn2.running_var, state["conv_block3.bn2.running_var"])
 
@@ -232,8 +234,40 @@ def test_audio_tower_starts_from_a_pann_audioset_checkpoint(tmp_path: Path) -> N
 def test_audio_tower_starts_from_one_of_our_models(model: ClapModel, tmp_path: Path) -> None:
     save_model(model, tmp_path / "m")
     torch.manual_seed(99)
-    other = ClapModel(tiny_config(audio_pretrained=str(tmp_path / "m"), text_encoder="tiny-bert"))
+    other = create_model(tiny_config(audio_pretrained=str(tmp_path / "m"), text_encoder="tiny-bert"))
     for key, value in model.audio_encoder.state_dict().items():
         assert torch.equal(other.audio_encoder.state_dict()[key], value), key
     with pytest.raises(CheckpointError, match="do not fit"):
-        ClapModel(tiny_config(audio_pretrained=str(tmp_path / "m"), audio_overrides={**TINY_HTSAT, "depths": [1, 1]}))
+        create_model(tiny_config(audio_pretrained=str(tmp_path / "m"), audio_overrides={**TINY_HTSAT, "depths": [1, 1]}))
+
+
+# -- the factory ------------------------------------------------------------------------------------
+def test_constructor_only_builds_and_the_factory_loads(tmp_path: Path) -> None:
+    """ClapModel(config) reads no weights (a missing audio_pretrained is not touched); create_model
+    builds the same random parts from the same seed, then loads what the config names."""
+    config = tiny_config(audio_pretrained=str(tmp_path / "not-there.pt"))
+    torch.manual_seed(11)
+    built = ClapModel(config)
+    with pytest.raises(CheckpointError, match="not-there.pt"):
+        create_model(config)
+    torch.manual_seed(11)
+    made = create_model(tiny_config())
+    for key, value in built.state_dict().items():
+        assert torch.equal(made.state_dict()[key], value), key
+    assert made.training
+
+
+def test_create_model_from_a_saved_model_and_for_training(model: ClapModel, tmp_path: Path) -> None:
+    from clap.model.factory import create_training_model
+
+    folder = save_model(model, tmp_path / "m")
+    loaded = create_model(pretrained=folder)
+    assert not loaded.training and torch.equal(loaded.audio_projection.linear1.weight, model.audio_projection.linear1.weight)
+    settings = {"audio_encoder": "htsat-cpu", "text_encoder": "tiny-bert", "fusion": False, "freeze_audio": True,
+                "freeze_text": False, "audio_pretrained": None, "text_pretrained": None, "allow_download": False,
+                "init_checkpoint": str(folder)}
+    start = create_training_model(settings)
+    assert torch.equal(start.audio_projection.linear1.weight, model.audio_projection.linear1.weight)
+    assert not any(p.requires_grad for p in start.audio_encoder.parameters()) and start.config.freeze_audio
+    with pytest.raises(ValueError, match="the checkpoint has fusion=False but params say fusion=True"):
+        create_training_model({**settings, "fusion": True})

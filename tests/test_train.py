@@ -46,7 +46,7 @@ def run_dirs(storage: Path) -> set[str]:
 
 
 def test_two_workers_train_export_and_embed(ray_cluster, shard_root: Path, tmp_path: Path) -> None:
-    from clap.model.checkpoint import load_model
+    from clap.model.factory import load_model
 
     config = tiny_config(shard_root, tmp_path / "ray")
     result = run_training(config, tmp_path / "model")
@@ -82,7 +82,7 @@ def test_each_execution_is_a_new_run_from_the_current_data(ray_cluster, tmp_path
     a finished run is resumed only when named, and finished runs beyond keep_runs are deleted."""
     from dataclasses import replace
 
-    from clap.model.checkpoint import load_model
+    from clap.model.factory import load_model
     from tests.fold_shards import write_fold_shards
     from tests.tiny_clap import save_tiny_model
 

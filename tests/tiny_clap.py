@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from clap.model.checkpoint import save_model
+from clap.model.native import save_model
 from clap.model.model import ClapConfig, ClapModel
 
 #: The htsat-cpu preset cut to two small stages: the same code paths, a fraction of the time.

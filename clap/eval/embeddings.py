@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from clap.audio import SAMPLE_RATE, AudioDecodeError
 from clap.eval.datasets import EvalClip
-from clap.model.checkpoint import load_model
+from clap.model.factory import load_model
 from clap.model.inference import ClapInference, load_clip
 
 log = logging.getLogger(__name__)

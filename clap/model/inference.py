@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clap.audio import SAMPLE_RATE, load_audio
-from clap.model.checkpoint import load_model
+from clap.model.factory import load_model
 from clap.model.frontend import FillMode, MelConfig, prepare_audio_features
 from clap.model.model import ClapModel
 
@@ -124,7 +124,7 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
 class ClapInference:
     """A model ready for embedding and zero-shot classification (see the module docstring).
 
-    ``model``: a loaded :class:`ClapModel` or anything ``clap.model.checkpoint.load_model`` reads.
+    ``model``: a loaded :class:`ClapModel` or anything ``clap.model.factory.load_model`` reads.
     ``fill``: how clips shorter than 10 s are filled (``repeatpad``, the reference's default).
     ``mel``: front-end settings; by default the model's recipe (HTK with fusion, Slaney without).
     ``tokenizer``: a tokenizer folder (or hub name) replacing the model's, e.g. a local copy of

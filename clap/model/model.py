@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clap.model.audio_encoders import build_audio_encoder
-from clap.model.text_encoders import build_text_encoder
+from clap.model.text_encoders import TextEncoder, build_text_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -100,36 +100,44 @@ class ProjectionHead(nn.Module):
         return self.linear2(self.activation(self.linear1(x)))
 
 
+def build_text_tower(config: ClapConfig, *, pretrained: bool) -> TextEncoder:
+    """The text tower ``config`` names: random weights, or (``pretrained``) the preset's transformers
+    weights / ``text_pretrained`` unless ``text_random_init`` (a transformers tower is built by loading)."""
+    return build_text_encoder(
+        config.text_encoder,
+        config.text_overrides,
+        load_weights=pretrained and not config.text_random_init,
+        weights=config.text_pretrained,
+        tokenizer=config.tokenizer,
+        allow_download=config.allow_download,
+        max_length=config.max_text_length,
+    )
+
+
 class ClapModel(nn.Module):
     """Contrastive language-audio model (see the module docstring).
 
-    ``load_pretrained=False`` builds every part with random weights and skips ``audio_pretrained``
-    / the text tower's pretrained source: the constructor :mod:`clap.model.checkpoint` uses before
-    loading a whole saved state.
+    The constructor only builds: every part it makes has random weights. Pretrained sources named in
+    the config (``audio_pretrained``, the text preset's weights) and saved models are loaded by
+    :func:`clap.model.factory.create_model`, which builds the towers, loads them and passes them in
+    (``audio_encoder`` / ``text_encoder``).
     """
 
-    def __init__(self, config: ClapConfig | None = None, *, load_pretrained: bool = True) -> None:
+    def __init__(
+        self, config: ClapConfig | None = None, *, audio_encoder: nn.Module | None = None,
+        text_encoder: TextEncoder | None = None,
+    ) -> None:
         super().__init__()
         config = config or ClapConfig()
         self.config = config
-        self.audio_encoder = build_audio_encoder(config.audio_encoder, config.audio_overrides, fusion=config.fusion)
-        self.text_encoder = build_text_encoder(
-            config.text_encoder,
-            config.text_overrides,
-            load_weights=load_pretrained and not config.text_random_init,
-            weights=config.text_pretrained,
-            tokenizer=config.tokenizer,
-            allow_download=config.allow_download,
-            max_length=config.max_text_length,
-        )
+        if audio_encoder is None:
+            audio_encoder = build_audio_encoder(config.audio_encoder, config.audio_overrides, fusion=config.fusion)
+        self.audio_encoder = audio_encoder
+        self.text_encoder = text_encoder if text_encoder is not None else build_text_tower(config, pretrained=False)
         self.audio_projection = ProjectionHead(self.audio_encoder.output_dim, config.embed_dim)
         self.text_projection = ProjectionHead(self.text_encoder.output_dim, config.embed_dim)
         self.logit_scale_a = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self.logit_scale_t = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
-        if load_pretrained and config.audio_pretrained:
-            from clap.model.checkpoint import load_audio_encoder_weights  # checkpoint imports this module
-
-            load_audio_encoder_weights(self.audio_encoder, config.audio_pretrained)
         for tower, frozen in ((self.audio_encoder, config.freeze_audio), (self.text_encoder, config.freeze_text)):
             tower.requires_grad_(not frozen)
         self.train(self.training)

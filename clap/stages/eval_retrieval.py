@@ -23,7 +23,7 @@ from clap.eval.accounting import add_upstream_arguments, upstream_from_args
 from clap.eval.datasets import EvalSetError
 from clap.eval.embeddings import add_model_arguments, engine_from_args
 from clap.eval.retrieval import RetrievalConfig, check_retrieval_sets, evaluate_retrieval, write_retrieval_reports
-from clap.model.checkpoint import CheckpointError
+from clap.model.weights import CheckpointError
 from clap.params import ParamsError, load_params
 
 log = logging.getLogger("clap.stages.eval_retrieval")

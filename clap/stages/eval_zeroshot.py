@@ -43,7 +43,7 @@ from clap.eval.zeroshot import (
     parse_folds,
     write_zero_shot_reports,
 )
-from clap.model.checkpoint import CheckpointError
+from clap.model.weights import CheckpointError
 from clap.params import ParamsError, load_params
 
 log = logging.getLogger("clap.stages.eval_zeroshot")

@@ -35,30 +35,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
-def build_clap(config: dict[str, Any]) -> torch.nn.Module:
-    """A CLAP model from presets, or from ``init_checkpoint`` (LAION .pt, transformers dir, ours)."""
-    from clap.model.checkpoint import load_model
-    from clap.model.model import ClapConfig, ClapModel
-
-    if not config.get("init_checkpoint"):
-        return ClapModel(ClapConfig(
-            audio_encoder=config["audio_encoder"], text_encoder=config["text_encoder"], fusion=config["fusion"],
-            freeze_audio=config["freeze_audio"], freeze_text=config["freeze_text"],
-            audio_pretrained=config["audio_pretrained"], text_pretrained=config["text_pretrained"],
-            allow_download=config["allow_download"],
-        ))
-    model = load_model(config["init_checkpoint"], allow_download=config["allow_download"])
-    if bool(model.config.fusion) != bool(config["fusion"]):
-        raise ValueError(
-            f"{config['init_checkpoint']}: the checkpoint has fusion={model.config.fusion} but params say "
-            f"fusion={config['fusion']}; set fusion to match the checkpoint"
-        )
-    model.config.freeze_audio, model.config.freeze_text = config["freeze_audio"], config["freeze_text"]
-    model.audio_encoder.requires_grad_(not config["freeze_audio"])
-    model.text_encoder.requires_grad_(not config["freeze_text"])
-    return model
-
-
 #: The validation metric reported with a checkpoint taken between validations (metrics are >= 0).
 UNVALIDATED_SCORE = -1.0
 #: What a resume restores and what it approximates (logged on resume).

@@ -42,9 +42,9 @@ class ContrastiveObjective:
         self.text_cache = None  # a frozen text tower's outputs per caption (per run), filled by loss()
 
     def build(self) -> nn.Module:
-        from clap.train.loop import build_clap
+        from clap.model.factory import create_training_model
 
-        model = build_clap(self.config)
+        model = create_training_model(self.config)
         # logit_scale_t exists for checkpoint compatibility; the loss (like the reference's default)
         # uses logit_scale_a only, and DDP rejects parameters that never receive a gradient.
         model.logit_scale_t.requires_grad_(False)
@@ -120,12 +120,12 @@ class ContrastiveObjective:
         return broadcast_from_rank0(metrics)
 
     def save(self, core: nn.Module, directory: Path) -> None:
-        from clap.model.checkpoint import save_model
+        from clap.model.native import save_model
 
         save_model(core, directory)
 
     def load(self, core: nn.Module, directory: Path) -> None:
-        from clap.model.checkpoint import load_model
+        from clap.model.factory import load_model
 
         core.load_state_dict(load_model(directory).state_dict())
 
@@ -179,9 +179,9 @@ class ClassificationObjective:
         self.metric = "val_map" if self.multi_label else "val_top1"
 
     def build(self) -> nn.Module:
-        from clap.train.loop import build_clap
+        from clap.model.factory import create_training_model
 
-        return AudioClassifier(build_clap(self.config), len(self.classes), self.config["linear_probe"])
+        return AudioClassifier(create_training_model(self.config), len(self.classes), self.config["linear_probe"])
 
     def _is_val(self, meta: dict[str, Any]) -> bool:
         """A clip of the validation split: of ``val_set``, in ``val_folds`` and in the hashed
@@ -258,7 +258,7 @@ class ClassificationObjective:
     def save(self, core: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        from clap.model.checkpoint import save_model
+        from clap.model.native import save_model
 
         save_model(core.clap, directory / "clap")
         save_file({k: v.contiguous() for k, v in core.head.state_dict().items()}, str(directory / "head.safetensors"))
@@ -268,7 +268,7 @@ class ClassificationObjective:
     def load(self, core: nn.Module, directory: Path) -> None:
         from safetensors.torch import load_file
 
-        from clap.model.checkpoint import load_model
+        from clap.model.factory import load_model
 
         core.clap.load_state_dict(load_model(directory / "clap").state_dict())
         core.head.load_state_dict(load_file(str(directory / "head.safetensors")))
