@@ -145,6 +145,7 @@ def _evaluate_as_rank(rank: int, world_size: int, init_file: str, root: str, out
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_validation_split_across_two_ranks_gives_the_single_process_figures(toy_root: Path, tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
