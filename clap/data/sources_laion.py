@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from clap.data.manifest import ManifestRow
 from clap.data.overlap import record_origins
-from clap.data.sources import AdapterContext, SourceError, SourceSpec, clip_id, register_adapter, text_list
+from clap.data.source_spec import AdapterContext, SourceError, SourceSpec, clip_id, register_adapter, text_list
 
 log = logging.getLogger(__name__)
 
