@@ -145,8 +145,10 @@ def tiny_pipeline(params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Params overrides for the whole pipeline on the tiny corpus: a few training steps, and of the
     default fine-tune tasks (``params``, default: the committed ones) the multi-label ones, one step each."""
     tasks = (params or committed_params())["finetune"]["tasks"]
+    # a hashed share of a tiny training split may be empty: a larger share of a few more clips
+    tasks = [{**task, "val_fraction": 0.5} if "val_fraction" in task else task for task in tasks]
     return deep_update(json.loads(json.dumps(TINY_CORPUS)), {
-        "corpus": {"classification": {"clips_per_class": 2, "folds": 2}},
+        "corpus": {"classification": {"clips_per_class": 2, "folds": 2}, "tagging": {"train": 12, "test": 4}},
         "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "num_workers": 1, "warmup_steps": 1},
         "eval_retrieval": {"batch_size": 8},
         "finetune": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4, "num_workers": 1, "warmup_steps": 1,
