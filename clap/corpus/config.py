@@ -7,7 +7,7 @@ from typing import Any
 
 from clap.corpus.captions import LONG_CLIP_SECONDS
 from clap.corpus.encode import FORMATS
-from clap.params import ParamsError, section
+from clap.params import ParamsError, check_keys, load_section, section
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 
@@ -45,37 +45,12 @@ class CorpusConfig:
         """Build from the whole params dict (section ``corpus``; the top-level ``seed`` is the
         fallback when ``corpus.seed`` is absent). Unknown keys are an error naming them."""
         corpus = section(params, "corpus")
-        known = {
-            "seed", "captioned", "labelled", "classification", "tagging", "min_duration",
-            "max_duration", "long_fraction", "duplicates", "esc_duration", "mix_fraction",
-            "stereo_fraction", "sample_rates", "formats", "workers",
-        }
-        unknown = sorted(set(corpus) - known)
-        if unknown:
-            raise ParamsError(f"params.yaml: unknown keys in section 'corpus': {unknown} (known: {sorted(known)})")
-        default = cls()
         classification = corpus.get("classification") or {}
-        unknown = sorted(set(classification) - {"clips_per_class", "folds"})
-        if unknown:
-            raise ParamsError(f"params.yaml: unknown keys in 'corpus.classification': {unknown} "
-                              "(known: ['clips_per_class', 'folds'])")
-        config = cls(
-            seed=int(corpus.get("seed", params.get("seed", default.seed))),
-            captioned=_split_counts(corpus.get("captioned", default.captioned), "captioned"),
-            labelled=_split_counts(corpus.get("labelled", default.labelled), "labelled"),
-            clips_per_class=int(classification.get("clips_per_class", default.clips_per_class)),
-            folds=int(classification.get("folds", default.folds)),
-            tagging=_split_counts(corpus.get("tagging", default.tagging), "tagging"),
-            min_duration=float(corpus.get("min_duration", default.min_duration)),
-            max_duration=float(corpus.get("max_duration", default.max_duration)),
-            long_fraction=float(corpus.get("long_fraction", default.long_fraction)),
-            duplicates=int(corpus.get("duplicates", default.duplicates)),
-            esc_duration=float(corpus.get("esc_duration", default.esc_duration)),
-            mix_fraction=float(corpus.get("mix_fraction", default.mix_fraction)),
-            stereo_fraction=float(corpus.get("stereo_fraction", default.stereo_fraction)),
-            sample_rates=tuple(int(r) for r in corpus.get("sample_rates", default.sample_rates)),
-            formats=_format_shares(corpus.get("formats", default.formats)),
-            workers=int(corpus.get("workers", default.workers)),
+        check_keys(classification, ("clips_per_class", "folds"), "params.yaml corpus.classification")
+        config = load_section(
+            params, "corpus", cls, required=True, fixed=classification, fixed_at="corpus.classification",
+            ignore=("classification",), defaults={"seed": params["seed"]} if "seed" in params else None,
+            parsers={"formats": _format_shares},
         )
         config.validate()
         return config
@@ -127,8 +102,3 @@ def _format_shares(value: Any) -> dict[str, float]:
     raise ParamsError(f"params.yaml: corpus.formats must be a list of formats or a mapping "
                       f"format -> share, got {value!r}")
 
-
-def _split_counts(value: Any, key: str) -> dict[str, int]:
-    if not isinstance(value, dict):
-        raise ParamsError(f"params.yaml: corpus.{key} must map split names to clip counts, got {value!r}")
-    return {str(split): int(count) for split, count in value.items()}

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 from tqdm import tqdm
 
 from clap.data.manifest import ManifestRow, read_manifest, write_manifest
+from clap.params import load_section
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,8 @@ class CaptionConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "CaptionConfig":
-        section = params.get("captions") or {}
-        known = set(cls.__dataclass_fields__) - {"mode"}
-        unknown = set(section) - known
-        if unknown:
-            raise CaptionError(f"params.yaml captions: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        return cls(mode=str(params.get("caption_augmentation", "template")), **section)
+        mode = {"mode": params.get("caption_augmentation", "template")}
+        return load_section(params, "captions", cls, fixed=mode, fixed_at="caption_augmentation", error=CaptionError)
 
 
 # --------------------------------------------------------------------------- text

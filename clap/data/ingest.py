@@ -31,6 +31,7 @@ from clap.data.overlap import OverlapMatch, dropped_ids, find_overlaps, write_ov
 from clap.data.s3 import MirrorResult, S3Settings, is_s3_uri, mirror_prefix
 from clap.data.sources import AdapterContext, SourceSpec, parse_sources, read_source
 from clap.data.validation import DataValidationError, ValidationReport, validate_dataframe
+from clap.params import load_section
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,11 @@ class IngestConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "IngestConfig":
+        """``sources`` and the ``ingest`` section (its ``s3_*`` keys are :class:`S3Settings`)."""
         ingest = params.get("ingest") or {}
-        base = cls(sources=[])
-        return cls(
-            sources=parse_sources(params.get("sources")),
-            s3_cache=Path(ingest.get("s3_cache", base.s3_cache)),
-            extract_dir=Path(ingest.get("extract_dir", base.extract_dir)),
-            workers=int(ingest.get("workers", base.workers)),
-            s3=S3Settings.from_params(ingest),
-        )
+        fixed = {"sources": parse_sources(params.get("sources")), "s3": S3Settings.from_params(ingest)}
+        return load_section(params, "ingest", cls, fixed=fixed, fixed_at="the sources list and the s3_* keys",
+                            ignore=S3Settings.param_keys())
 
 
 @dataclass

@@ -48,6 +48,7 @@ from clap.audio import SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
 from clap.data.manifest import ManifestRow, read_manifest, write_manifest
 from clap.data.normalize_checks import normalize_expectations, validation_frame
 from clap.data.overlap import OverlapMatch, dropped_ids, find_overlaps, write_overlaps
+from clap.params import config_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,7 @@ class NormalizeConfig:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "NormalizeConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"params.yaml normalize: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        cfg = cls(**section)
+        cfg = config_from_mapping(cls, section, "params.yaml normalize")
         low = cfg.min_duration if cfg.min_duration is not None else 0.0
         if low < 0 or cfg.max_duration <= low:
             raise ValueError(

@@ -37,6 +37,8 @@ import botocore.config
 import botocore.exceptions
 from tqdm.auto import tqdm
 
+from clap.params import config_from_mapping
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -110,15 +112,13 @@ class S3Settings:
 
     @classmethod
     def from_params(cls, ingest: dict[str, Any]) -> "S3Settings":
-        base = cls()
-        return cls(
-            max_attempts=int(ingest.get("s3_max_attempts", base.max_attempts)),
-            object_retries=int(ingest.get("s3_object_retries", base.object_retries)),
-            backoff_s=float(ingest.get("s3_backoff_s", base.backoff_s)),
-            workers=int(ingest.get("s3_workers", base.workers)),
-            connect_timeout_s=float(ingest.get("s3_connect_timeout_s", base.connect_timeout_s)),
-            read_timeout_s=float(ingest.get("s3_read_timeout_s", base.read_timeout_s)),
-        )
+        """The ``s3_<setting>`` keys of params.yaml's ``ingest`` section (others are ingest's own)."""
+        keys = cls.param_keys()
+        return config_from_mapping(cls, {k: v for k, v in ingest.items() if k in keys}, "params.yaml ingest", prefix="s3_")
+
+    @classmethod
+    def param_keys(cls) -> set[str]:
+        return {f"s3_{name}" for name in cls.__dataclass_fields__}
 
 
 @dataclass

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from clap.audio import SAMPLE_RATE, AudioDecodeError, audio_info
 from clap.data.manifest import ManifestRow, read_manifest
 from clap.data.normalize import safe_name
+from clap.params import load_section
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,9 @@ class ShardConfig:
             raise ShardError(f"params.yaml shards.samples_per_shard: must be at least 1, got {self.samples_per_shard}")
 
     @classmethod
-    def from_params(cls, section: dict[str, Any]) -> "ShardConfig":
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ShardError(f"params.yaml shards: unknown keys {sorted(unknown)}")
-        return cls(**section)
+    def from_params(cls, params: dict[str, Any]) -> "ShardConfig":
+        """params.yaml's ``shards`` section (its ``remote`` is :class:`clap.data.remote_shards.RemoteShardsConfig`'s)."""
+        return load_section(params, "shards", cls, required=True, ignore=("remote",), error=ShardError)
 
 
 def shard_name(index: int) -> str:

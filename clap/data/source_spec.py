@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from clap.data.manifest import ManifestRow
 from clap.data.metadata import Record, SourceError, check_encoding, read_csv
+from clap.params import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,7 @@ class SourceSpec:
             raise SourceError(f"params.yaml source '{name}': unknown kind '{kind}' (known: {known})")
         options = {k: v for k, v in entry.items() if k not in ("name", "kind", "path")}
         allowed = COMMON_OPTIONS | ADAPTERS[kind].options
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise SourceError(
-                f"params.yaml source '{name}': unknown option(s) {', '.join(unknown)} for kind '{kind}' "
-                f"(allowed: {', '.join(sorted(allowed))})"
-            )
+        check_keys(entry, allowed | {"name", "kind", "path"}, f"params.yaml source '{name}' (kind {kind})", SourceError)
         on_missing = options.get("on_missing", "fail")
         if on_missing not in ("fail", "skip"):
             raise SourceError(f"params.yaml source '{name}': on_missing must be 'fail' or 'skip', got {on_missing!r}")

@@ -41,6 +41,7 @@ from clap.eval.accounting import (
 )
 from clap.eval.metrics import RetrievalRanks, retrieval_ranks
 from clap.model.inference import ClapInference
+from clap.params import config_from_mapping
 from clap.report.writer import write_metrics, write_rows
 
 log = logging.getLogger(__name__)
@@ -67,14 +68,7 @@ class RetrievalConfig:
 
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> "RetrievalConfig":
-        section = dict(section or {})
-        unknown = set(section) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"params.yaml eval_retrieval: unknown keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
-        if "sets" in section:
-            sets = section["sets"]
-            section["sets"] = tuple([sets] if isinstance(sets, str) else sets or ())
-        return cls(**section)
+        return config_from_mapping(cls, section or {}, "params.yaml eval_retrieval")
 
 
 @dataclass

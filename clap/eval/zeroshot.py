@@ -63,6 +63,7 @@ from clap.eval.embeddings import DroppedClip, embed_clips, embed_texts
 from clap.eval.metrics import topk_accuracy
 from clap.eval.overlap import TrainingOverlap
 from clap.model.inference import DEFAULT_TEMPLATE, ClapInference
+from clap.params import config_from_mapping
 from clap.report.writer import write_metrics, write_rows
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,8 @@ class ZeroShotSetSpec:
             return cls(name=entry.split("/", 1)[0], shards=entry)
         if not isinstance(entry, dict):
             raise ValueError(f"params.yaml eval_zeroshot.sets: each entry is a mapping or '<source>/<split>', got {entry!r}")
-        unknown = set(entry) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"params.yaml eval_zeroshot.sets '{entry.get('name', '?')}': unknown keys {sorted(unknown)}")
-        values = dict(entry)
-        if values.get("folds") is not None:
-            values["folds"] = parse_folds(values["folds"])
-        return cls(**values)
+        where = f"params.yaml eval_zeroshot.sets '{entry.get('name', '?')}'"
+        return config_from_mapping(cls, entry, where, parsers={"folds": parse_folds})
 
     @classmethod
     def from_cli(cls, text: str) -> "ZeroShotSetSpec":
@@ -163,19 +159,10 @@ class ZeroShotConfig:
 
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> "ZeroShotConfig":
-        values = dict(section or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"params.yaml eval_zeroshot: unknown keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
-        if "sets" in values:
-            values["sets"] = tuple(ZeroShotSetSpec.from_params(e) for e in values["sets"] or ())
-        if values.get("templates") is not None:
-            templates = values["templates"]
-            values["templates"] = tuple([templates] if isinstance(templates, str) else templates) or None
-        values["folds"] = parse_folds(values.get("folds"))
-        if isinstance(values.get("exclude_ids"), list):
-            values["exclude_ids"] = tuple(str(v) for v in values["exclude_ids"])
-        return cls(**values)
+        return config_from_mapping(cls, section or {}, "params.yaml eval_zeroshot", parsers={
+            "sets": lambda sets: tuple(ZeroShotSetSpec.from_params(entry) for entry in sets or ()),
+            "folds": parse_folds,
+        })
 
 
 # -------------------------------------------------------------------------------------- evaluation

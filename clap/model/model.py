@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from clap.model.audio_encoders import build_audio_encoder
 from clap.model.text_encoders import TextEncoder, build_text_encoder
+from clap.params import config_from_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,7 @@ class ClapConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClapConfig:
         """Build from a dict; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ClapConfig: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**copy.deepcopy(data))
+        return config_from_mapping(cls, copy.deepcopy(data), "ClapConfig")
 
 
 @dataclass

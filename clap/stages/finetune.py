@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clap.data.manifest import iter_manifest
-from clap.params import ParamsError, load_params, section
+from clap.params import ParamsError, check_keys, config_from_mapping, load_params, section
 from clap.report.writer import write_metrics, write_rows
 from clap.train.config import TrainConfig
 from clap.train.trainer import TrainResult, run_training, shutdown_ray
@@ -60,6 +60,10 @@ def task_config(params: dict[str, Any], task: dict[str, Any]) -> TrainConfig:
     validation and test set unless the task names them; otherwise the task must name a ``test_set``.
     """
     name = task.get("name", "?")
+    where = f"params.yaml finetune.tasks '{name}'"
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    check_keys(section(params, "finetune"), train_keys | {"tasks", "manifest"}, "params.yaml finetune")
+    check_keys(task, train_keys | TASK_ONLY, where)
     shared = {k: v for k, v in section(params, "finetune").items() if k not in ("tasks", "manifest")}
     if shared.get("resume") or task.get("resume"):
         raise ParamsError(f"finetune.tasks {name}: resume is not offered for fine-tuning (every run starts "
@@ -80,9 +84,7 @@ def task_config(params: dict[str, Any], task: dict[str, Any]) -> TrainConfig:
                           "checkpoint), or folds for cross-validation")
     manifest = Path(task.get("manifest") or params["finetune"].get("manifest", "data/manifest/captions.jsonl"))
     settings["classes"] = task_classes(manifest, list(settings["train_sets"]) + [settings["val_set"], settings["test_set"]])
-    if "betas" in settings:
-        settings["betas"] = tuple(settings["betas"])
-    return TrainConfig(**settings)
+    return config_from_mapping(TrainConfig, settings, where)
 
 
 def cv_splits(folds: list[int]) -> list[tuple[int, int]]:

@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        shards_params = section(load_params(args.params), "shards")
-        remote = RemoteShardsConfig.from_params(shards_params)
+        params = load_params(args.params)
         # `remote` belongs to the publish step; the rest configures the writer
-        cfg = ShardConfig.from_params({k: v for k, v in shards_params.items() if k != "remote"})
+        cfg = ShardConfig.from_params(params)
+        remote = RemoteShardsConfig.from_params(section(params, "shards"))
         shard_manifest(args.input, args.out, cfg, progress=not args.no_progress)
         if remote.remote:
             publish_shards(args.out, remote.remote, progress=not args.no_progress)

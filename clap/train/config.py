@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clap.params import load_section
+
+#: Top-level params that a `train` section takes as its own (experiments flip them with -S).
+TOP_LEVEL_SWITCHES = ("audio_encoder", "text_encoder", "fusion", "caption_augmentation", "train_sets", "seed")
+
 #: Caption kinds per `caption_augmentation` switch (the paper's Table 3): original captions always,
 #: then the augmentation for label-only clips.
 CAPTION_KINDS = {
@@ -69,17 +74,8 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainConfig":
-        train = dict(params.get("train", {}))
-        for key in ("audio_encoder", "text_encoder", "fusion", "caption_augmentation", "train_sets", "seed"):
-            if key in params:
-                train[key] = params[key]
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(train) - known
-        if unknown:
-            raise ValueError(f"params.yaml train: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        if "betas" in train:
-            train["betas"] = tuple(float(b) for b in train["betas"])
-        config = cls(**train)
+        switches = {key: params[key] for key in TOP_LEVEL_SWITCHES if key in params}
+        config = load_section(params, "train", cls, fixed=switches, fixed_at="the top level of params.yaml")
         if config.caption_augmentation not in CAPTION_KINDS:
             raise ValueError(
                 f"params.yaml caption_augmentation: '{config.caption_augmentation}' is not one of {sorted(CAPTION_KINDS)}"
