@@ -31,8 +31,14 @@ import torch.nn.functional as F
 import torchaudio
 from transformers import ClapFeatureExtractor
 
-from clap.audio import int16_roundtrip
-from clap.model.frontend import MelConfig, crop_start, fill_waveform, fusion_crop_starts, prepare_audio_features
+from clap.model.frontend import (
+    MelConfig,
+    crop_start,
+    fill_waveform,
+    fusion_crop_starts,
+    int16_roundtrip,
+    prepare_audio_features,
+)
 
 RESULTS = Path(__file__).parent / "results"
 SR = 48_000

@@ -35,7 +35,3 @@ def audio_info(path: str | Path) -> tuple[float, int, int]:
     duration = info.frames / info.samplerate if info.samplerate else 0.0
     return float(duration), int(info.samplerate), int(info.channels)
 
-
-def int16_roundtrip(x: np.ndarray) -> np.ndarray:
-    """The reference's quantisation: clip to [-1, 1], scale by 32767, cast to int16, scale back."""
-    return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0

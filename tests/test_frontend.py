@@ -8,13 +8,12 @@ import pytest
 import torch
 import torchaudio
 
-from clap.audio import int16_roundtrip
 from clap.model.frontend import (
     LogMel,
     MelConfig,
     fill_waveform,
     fusion_crop_starts,
-    int16_roundtrip_tensor,
+    int16_roundtrip,
     prepare_audio_features,
 )
 
@@ -89,9 +88,12 @@ def test_logmel_is_batched() -> None:
     torch.testing.assert_close(batch[1], lm(torch.from_numpy(b)), rtol=0, atol=1e-4)
 
 
-def test_int16_roundtrip_matches_the_shared_numpy_one() -> None:
+def test_int16_roundtrip_is_the_references_quantisation() -> None:
     x = np.random.default_rng(0).uniform(-1.3, 1.3, 10_000).astype(np.float32)
-    np.testing.assert_array_equal(int16_roundtrip_tensor(torch.from_numpy(x)).numpy(), int16_roundtrip(x))
+    # the reference: np.clip(x, -1, 1) * 32767 cast to int16, / 32767 (float32)
+    reference = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float32) / 32767.0
+    np.testing.assert_array_equal(int16_roundtrip(torch.from_numpy(x)).numpy(), reference)
+    np.testing.assert_array_equal(int16_roundtrip(x), reference)  # numpy in, numpy out
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_short_clip_features_are_the_filled_waveforms_mel() -> None:
     clip = _test_signal(3.0, 4)
     for fusion in (False, True):
         feats = prepare_audio_features([clip], fusion=fusion)
-        filled = fill_waveform(int16_roundtrip_tensor(torch.from_numpy(clip)), CHUNK, "repeatpad")
+        filled = fill_waveform(int16_roundtrip(torch.from_numpy(clip)), CHUNK, "repeatpad")
         expected = LogMel(MelConfig.for_model(fusion))(filled)
         channels = 4 if fusion else 1
         assert feats.input_features.shape == (1, channels, 1001, 64)
@@ -161,7 +163,7 @@ def test_fusion_long_clip_views() -> None:
     clip = _test_signal(25.0, 6)
     feats = prepare_audio_features([clip], fusion=True)
     assert feats.is_longer.tolist() == [True]
-    whole = LogMel(MelConfig(recipe="htk"))(int16_roundtrip_tensor(torch.from_numpy(clip))).numpy()
+    whole = LogMel(MelConfig(recipe="htk"))(int16_roundtrip(torch.from_numpy(clip))).numpy()
     total = whole.shape[0]
     assert total == 2501
     x = feats.input_features[0].numpy()

@@ -251,7 +251,7 @@ def _padded_batch(views: list[Tensor], pad: int, quantise: bool, dtype: torch.dt
     for j, view in enumerate(views):  # row by row, so each row is still in cache for the next step
         row = buf[j]
         if quantise:
-            _int16_roundtrip_into(view, row[pad : pad + length])
+            int16_roundtrip(view, out=row[pad : pad + length])
         else:
             row[pad : pad + length] = view
         row[:pad] = row[pad + 1 : 2 * pad + 1].flip(-1)
@@ -259,17 +259,17 @@ def _padded_batch(views: list[Tensor], pad: int, quantise: bool, dtype: torch.dt
     return buf.to(dtype)
 
 
-def int16_roundtrip_tensor(x: Tensor) -> Tensor:
-    """The reference's int16 quantisation in torch: clip to [-1, 1], x32767, truncate to int16, /32767.
+def int16_roundtrip(x: Tensor | np.ndarray, out: Tensor | None = None) -> Tensor | np.ndarray:
+    """The reference's int16 quantisation: clip to [-1, 1], x32767, cast to int16, /32767 (float32).
 
-    Same values as ``clap.audio.int16_roundtrip`` (numpy), usable on any device.
+    A tensor (any device) gives a tensor, written into the float32 tensor ``out`` when given; a
+    numpy array gives a numpy array. Truncating in float32 is the int16 cast (|x * 32767| < 2**24
+    is exact), without the two dtype conversions.
     """
-    return _int16_roundtrip_into(x, torch.empty(x.shape, dtype=torch.float32, device=x.device))
-
-
-def _int16_roundtrip_into(x: Tensor, out: Tensor) -> Tensor:
-    """Quantise ``x`` into the float32 tensor ``out``. Truncating in float32 is the int16 cast
-    (|x * 32767| < 2**24 is exact), without the two dtype conversions."""
+    if isinstance(x, np.ndarray):
+        return int16_roundtrip(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     torch.clamp(x, -1.0, 1.0, out=out)
     return out.mul_(32767.0).trunc_().div_(32767.0)
 
