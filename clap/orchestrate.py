@@ -36,6 +36,7 @@ from clap.dvc_process import (  # noqa: F401  (re-exported: the flow and the ben
     stage_environment,
 )
 from clap.overrides import flatten, set_args
+from clap.report.writer import markdown_table
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -291,13 +292,7 @@ def _cell(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_cell(v) for v in value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
+    return str(value)  # markdown_table escapes '|' and line breaks
 
 
 def render_metrics_markdown(
@@ -315,8 +310,8 @@ def render_metrics_markdown(
     lines = [f"# {title}" + (f": experiment `{experiment}`" if experiment else ""), ""]
     if stages:
         lines += ["## Stages", ""]
-        lines += _table(["stage", "result", "seconds"],
-                        [(s.stage, s.status, round(s.seconds, 1) if s.seconds else "-") for s in stages])
+        lines += markdown_table(["stage", "result", "seconds"],
+                                [(s.stage, s.status, round(s.seconds, 1) if s.seconds else "-") for s in stages], _cell)
         lines.append("")
     if diff is not None:
         for kind, heading in (("params", "Params"), ("metrics", "Metrics")):
@@ -326,13 +321,13 @@ def render_metrics_markdown(
                 for name, change in sorted(entries.items())
             ]
             lines += [f"## {heading}: baseline vs `{experiment}`", ""]
-            lines += _table(["file", "name", "baseline", "experiment", "change"], rows) if rows else ["(none)"]
+            lines += markdown_table(["file", "name", "baseline", "experiment", "change"], rows, _cell) if rows else ["(none)"]
             lines.append("")
         return "\n".join(lines).rstrip() + "\n"
     files, errors = workspace_metrics(show)
     rows = [(path, name, value) for path, values in sorted(files.items()) for name, value in values.items()]
     lines += ["## Metrics", ""]
-    lines += _table(["file", "metric", "value"], rows) if rows else ["(no metrics yet)"]
+    lines += markdown_table(["file", "metric", "value"], rows, _cell) if rows else ["(no metrics yet)"]
     if errors:
         lines += ["", "Not produced (yet):", ""]
         lines += [f"- `{path}`: {message}" for path, message in sorted(errors.items())]

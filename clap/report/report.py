@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from clap.report.writer import markdown_table
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILES = {
@@ -59,12 +61,6 @@ def load_metrics(root: Path) -> dict[str, dict[str, Any]]:
 
 def _pct(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, (int, float)) else "—"
-
-
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def group_by_set(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -125,7 +121,7 @@ def section_lines(title: str, table: str, metrics: dict[str, Any], columns: list
     groups = group_by_set(metrics)
     with_state = any("complete" in vals for vals in groups.values())
     header = ["set"] + columns + (["complete"] if with_state else [])
-    lines += _table(header, ([name] + [_pct(vals.get(c)) for c in columns] + ([completeness_note(vals)] if with_state else [])
+    lines += markdown_table(header, ([name] + [_pct(vals.get(c)) for c in columns] + ([completeness_note(vals)] if with_state else [])
                              for name, vals in sorted(groups.items())))
     if with_state:
         lines += ["", "_complete: scored on every clip (and class) the set's metadata lists; `dur_le10s` / `dur_gt10s` "
@@ -133,7 +129,7 @@ def section_lines(title: str, table: str, metrics: dict[str, Any], columns: list
     compared, notes = paper_rows(table, metrics), partial_notes(table, metrics)
     if compared:
         lines += ["", "Beside the paper's figure (percent):", ""]
-        lines += _table(["set", "ours", "paper", "difference"], compared)
+        lines += markdown_table(["set", "ours", "paper", "difference"], compared)
     if notes:
         lines += ["", "Partial sets, not placed beside the paper's figure:", ""] + notes
     if not compared and not notes:
@@ -160,7 +156,7 @@ def experiments_table(root: Path, columns: list[str]) -> list[str]:
         rows.append([name, changed] + [_pct(_find(flat, c)) for c in columns])
     if not rows:
         return []
-    return ["## Experiments (`dvc exp show`)", ""] + _table(["experiment", "switches"] + columns, rows) + [""]
+    return ["## Experiments (`dvc exp show`)", ""] + markdown_table(["experiment", "switches"] + columns, rows) + [""]
 
 
 def _find(flat: dict[str, Any], metric: str) -> Any:
@@ -196,7 +192,7 @@ def build_report(root: Path, with_experiments: bool = True) -> str:
              "Written by the `report` stage from reports/ and `dvc exp show`; figures in percent.", ""]
     if "train" in metrics:
         train = metrics["train"]
-        lines += ["## Training", ""] + _table(
+        lines += ["## Training", ""] + markdown_table(
             ["steps", "final loss", "val t2a mAP@10", "val t2a R@1", "val a2t mAP@10", "samples/s"],
             [[str(train.get("steps")), f"{train.get('final_loss', float('nan')):.3f}", _pct(train.get("val_t2a_map10")),
               _pct(train.get("val_t2a_r1")), _pct(train.get("val_a2t_map10")),

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from clap.report.report import iter_experiments
+from clap.report.writer import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,9 @@ def build_markdown(table_spec: dict[str, Any], rows: Sequence[RowSummary]) -> st
     for row in rows:
         settings = ", ".join(f"{k}={v}" for k, v in (row.overrides or {}).items()) or "not runnable on CPU here"
         body.append([row.name, settings, str(len(row.runs))] + [_cell(row.stats(c)) for c in COLUMNS])
-    lines += _markdown_table(header, body) + ["", "## By clip duration (10 s or less vs longer)", "",
+    lines += markdown_table(header, body) + ["", "## By clip duration (10 s or less vs longer)", "",
                                               "A bucket's queries are ranked against the whole test set.", ""]
-    lines += _markdown_table(["row"] + [c.label for c in BUCKET_COLUMNS],
+    lines += markdown_table(["row"] + [c.label for c in BUCKET_COLUMNS],
                              [[row.name] + [_cell(row.stats(c)) for c in BUCKET_COLUMNS] for row in rows if row.runs])
     lines += ["", "## Fusion's effect (fusion on minus off, points, mean over seeds)", ""]
     pairs = fusion_pairs(rows)
@@ -198,10 +199,6 @@ def build_markdown(table_spec: dict[str, Any], rows: Sequence[RowSummary]) -> st
     if missing:
         lines += ["", f"Rows without runs: {', '.join(missing)} (k2c rows need `captions.k2c_model`; see the table file)."]
     return "\n".join(lines) + "\n"
-
-
-def _markdown_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def plot_table(path: Path, rows: Sequence[RowSummary]) -> Path:

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 def _clean(value: Any) -> Any:
@@ -65,3 +65,16 @@ def plot_lines(path: str | Path, series: Mapping[str, tuple[Sequence[float], Seq
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], fmt: Callable[[Any], str] = str
+) -> list[str]:
+    """A markdown table's lines: header, separator, one line per row. Each cell is ``fmt(value)``
+    (default ``str``), with ``|`` escaped and line breaks folded into spaces."""
+
+    def cell(value: Any) -> str:
+        return fmt(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
