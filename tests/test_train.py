@@ -10,6 +10,7 @@ import torch
 
 from clap.train.config import TrainConfig
 from clap.train.trainer import run_training
+from tests.faults import FailOnce
 from tests.toy_shards import write_toy_shards
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_failure_resumes_from_last_checkpoint(ray_cluster, shard_root: Path, tmp
     config = tiny_config(shard_root, tmp_path / "ray")
     marker = tmp_path / "failed-once"
     # the first checkpoint is at step 3 (end of epoch 1); rank 1 dies at step 5
-    result = run_training(config, tmp_path / "model", fault_injection={"step": 5, "rank": 1, "marker": str(marker)})
+    result = run_training(config, tmp_path / "model", step_hooks=[FailOnce(step=5, rank=1, marker=str(marker))])
     assert marker.read_text().startswith("failed once at step 5")
     steps = [s["step"] for s in result.history["steps"]]
     # resumed from step 3: steps 4.. were run again after the restart, each recorded once, same total
@@ -151,3 +152,22 @@ def test_no_usable_clip_is_an_error_not_a_hang(shard_root: Path) -> None:
     batches = train_batches(urls, batch_size=2, target=lambda meta: None, shuffle_buffer=4, seed=0, rank=0, world_size=1)
     with pytest.raises(ValueError, match="has a training target"):
         next(batches)
+
+
+def test_prune_deletes_finished_runs_in_s3(s3_bucket: str, s3_env: str) -> None:
+    import boto3
+
+    from clap.train.storage import RUN_INFO_FILE, run_store
+
+    client = boto3.client("s3", endpoint_url=s3_env)
+    old, new = "clap-20240101T000000Z-aaaaaa", "clap-20240102T000000Z-bbbbbb"
+    for name in (old, new):
+        client.put_object(Bucket=s3_bucket, Key=f"ray/{name}/step_000001/model.safetensors", Body=b"x")
+    store = run_store(f"s3://{s3_bucket}/ray")
+    store.write_info(old, {"run": old})
+    store.write_info(new, {"run": new})
+    assert store.run_names() == [old, new] and store.is_finished(old)
+    assert store.prune("clap", keep=1) == [old]
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="ray/").get("Contents", [])
+    keys = {obj["Key"] for obj in listed if not obj["Key"].endswith("/")}  # pyarrow may leave a folder marker
+    assert keys == {f"ray/{new}/step_000001/model.safetensors", f"ray/{new}/{RUN_INFO_FILE}"}
