@@ -24,6 +24,7 @@ from clap.data.wds_s3 import register_webdataset_s3
 from clap.stages import shards as shards_stage
 from clap.train.data import eval_pairs, shard_urls
 from clap.train.storage import ray_storage
+from tests.faults import FailOnce
 from tests.repo_copy import copy_repo, run
 from tests.test_s3 import set_moto_auth
 from tests.test_shards import make_rows
@@ -263,7 +264,7 @@ def test_training_keeps_checkpoints_in_s3_and_resumes_from_them(
     werkzeug.setLevel(logging.INFO)
     try:
         # Ray is started here, after s3_env, so that its workers inherit the AWS variables
-        result = run_training(config, tmp_path / "model", fault_injection={"step": 2, "rank": 0, "marker": str(marker)})
+        result = run_training(config, tmp_path / "model", step_hooks=[FailOnce(step=2, rank=0, marker=str(marker))])
     finally:
         werkzeug.removeHandler(requests)
         werkzeug.setLevel(level)

@@ -10,6 +10,7 @@ import torch
 
 from clap.train.config import TrainConfig
 from clap.train.trainer import run_training
+from tests.faults import FailOnce
 from tests.toy_shards import write_toy_shards
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_failure_resumes_from_last_checkpoint(ray_cluster, shard_root: Path, tmp
     config = tiny_config(shard_root, tmp_path / "ray")
     marker = tmp_path / "failed-once"
     # the first checkpoint is at step 3 (end of epoch 1); rank 1 dies at step 5
-    result = run_training(config, tmp_path / "model", fault_injection={"step": 5, "rank": 1, "marker": str(marker)})
+    result = run_training(config, tmp_path / "model", step_hooks=[FailOnce(step=5, rank=1, marker=str(marker))])
     assert marker.read_text().startswith("failed once at step 5")
     steps = [s["step"] for s in result.history["steps"]]
     # resumed from step 3: steps 4.. were run again after the restart, each recorded once, same total

@@ -14,6 +14,7 @@ import torch
 
 from clap.data.shards import list_shards
 from clap.train.data import consumer_share, eval_pairs, shard_urls, train_batches
+from tests.faults import FailOnce
 from tests.toy_shards import write_toy_shards
 
 
@@ -212,7 +213,7 @@ def test_mid_epoch_checkpoint_resume_with_loader_processes(toy_root: Path, tmp_p
     marker = tmp_path / "failed-once"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = run_training(config, tmp_path / "model", fault_injection={"step": 5, "rank": 1, "marker": str(marker)})
+        result = run_training(config, tmp_path / "model", step_hooks=[FailOnce(step=5, rank=1, marker=str(marker))])
     finally:
         ray.shutdown()
     assert marker.read_text().startswith("failed once at step 5")

@@ -14,11 +14,14 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 logger = logging.getLogger("clap.train")
+
+#: Called by every worker before each step as ``hook(step, rank)`` (``step`` counts from 1).
+StepHook = Callable[[int, int], None]
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -105,16 +108,15 @@ def train_loop(config: dict[str, Any]) -> None:
         )
     objective.load_eval()
     generator = torch.Generator().manual_seed(config["seed"] * 7919 + rank + step)
-    fault = config.get("fault_injection") or {}
+    step_hooks = list(config.get("step_hooks") or ())
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     model.train()
     while step < total_steps:
         started = time.perf_counter()
         batch = next(batches)
-        if fault and step + 1 == fault["step"] and rank == fault.get("rank", 0) and not Path(fault["marker"]).exists():
-            Path(fault["marker"]).write_text(f"failed once at step {step + 1}\n")
-            raise RuntimeError(f"injected failure at step {step + 1} on rank {rank}")
+        for hook in step_hooks:  # callables the caller passed to run_training (tests inject failures here)
+            hook(step + 1, rank)
         with autocast:
             audio = batch.features if hasattr(batch, "features") else batch.waveforms  # cached: features
             loss = objective.loss(model, core, audio, batch.targets, device, generator)

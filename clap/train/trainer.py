@@ -15,11 +15,11 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clap.train.config import TrainConfig
 from clap.train.data import shard_urls
-from clap.train.loop import HISTORY_FILE, MODEL_DIR, train_loop
+from clap.train.loop import HISTORY_FILE, MODEL_DIR, StepHook, train_loop
 from clap.train.storage import RunStore, new_run_name, run_store
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ def _storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def loop_config(config: TrainConfig, fault_injection: dict[str, Any] | None = None) -> dict[str, Any]:
+def loop_config(config: TrainConfig, step_hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
     root = _storage_path(config.shard_root)
     loop = config.to_dict()
     loop.update(
         train_urls=shard_urls(root, config.train_sets, "train"),
         val_urls=shard_urls(root, [config.val_set], "val"),
         caption_kinds=config.caption_kinds,
-        fault_injection=fault_injection,
+        step_hooks=list(step_hooks),
     )
     # Ray workers run in their own directories: hand them absolute paths to local weights
     for key in ("init_checkpoint", "audio_pretrained", "text_pretrained"):
@@ -116,15 +116,18 @@ def run_name_for(config: TrainConfig, store: RunStore, family: str) -> str:
 
 def run_training(
     config: TrainConfig, model_out: Path, *, run_family: str = "clap",
-    fault_injection: dict[str, Any] | None = None,
+    step_hooks: Sequence[StepHook] = (),
 ) -> TrainResult:
     """Train with Ray Train and write the best checkpoint's model (by ``config.val_metric``) to
-    ``model_out``; with ``config.test_set``, evaluate that model once on the test split."""
+    ``model_out``; with ``config.test_set``, evaluate that model once on the test split.
+
+    ``step_hooks``: picklable callables each worker calls as ``hook(step, rank)`` before every
+    step (``step`` counts from 1); their module must be importable by the Ray workers."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     check_splits(config)
-    loop = loop_config(config, fault_injection)
+    loop = loop_config(config, step_hooks)
     store = run_store(config.storage_path)
     name = run_name_for(config, store, run_family)
     started = datetime.now(timezone.utc)
