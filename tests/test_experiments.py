@@ -63,21 +63,29 @@ def test_set_args_read_back_unchanged_by_dvc(key: str, tmp_path: Path) -> None:
     assert yaml.safe_load(params.read_text())[key] == TRICKY_VALUES[key]
 
 
-def test_required_keys_make_a_row_runnable_only_once_given(capsys: pytest.CaptureFixture[str]) -> None:
-    table = REPO_ROOT / "experiments/table3.yaml"
-    rows = {r.experiment_name: r for r in load_table(table, "cpu")}
-    assert not any(rows[name].runnable for name in K2C_ROWS)
-    assert rows["table3-captions-only"].runnable
-    given = rows[K2C_ROWS[0]].with_extra({"captions.k2c_model": "/models/k2t-base"})
-    assert given.runnable and given.overrides["caption_augmentation"] == "k2c"
-    assert not ExperimentRow("9", "x", None).with_extra({"captions.k2c_model": "/m"}).runnable  # no variant
+NEEDY_TABLE = {"table": 9, "rows": [
+    {"name": "plain", "cpu": {"fusion": True}},
+    {"name": "k2c", "cpu": {"caption_augmentation": "k2c"}, "requires": ["captions.k2c_model"]},
+    {"name": "gpu-only", "full": {"fusion": True}, "cpu": None},
+]}
 
-    assert main(["list", str(table), "--repo", str(REPO_ROOT)]) == 0
+
+def test_required_keys_make_a_row_runnable_only_once_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "table9.yaml"
+    table.write_text(yaml.safe_dump(NEEDY_TABLE, sort_keys=False))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(committed_params()))
+    rows = {r.name: r for r in load_table(table, "cpu")}
+    assert rows["plain"].runnable and not rows["k2c"].runnable and not rows["gpu-only"].runnable
+    given = {r.name: r.with_extra({"captions.k2c_model": "/models/k2t-base"}) for r in rows.values()}
+    assert given["k2c"].runnable and given["k2c"].overrides["caption_augmentation"] == "k2c"
+    assert not given["gpu-only"].runnable  # no variant: --set cannot make one
+
+    assert main(["list", str(table), "--repo", str(tmp_path)]) == 0
     listed = capsys.readouterr().out
-    assert f"{K2C_ROWS[0]} (not runnable: needs --set captions.k2c_model=...)" in listed
-    assert main(["list", str(table), "--repo", str(REPO_ROOT), "--set", "captions.k2c_model=/models/k2t-base"]) == 0
+    assert "table9-k2c (not runnable: needs --set captions.k2c_model=...)" in listed
+    assert main(["list", str(table), "--repo", str(tmp_path), "--set", "captions.k2c_model=/models/k2t-base"]) == 0
     listed = capsys.readouterr().out
-    assert f"{K2C_ROWS[0]} -S 'train_sets=" in listed and "-S caption_augmentation=k2c" in listed
+    assert "table9-k2c -S caption_augmentation=k2c -S captions.k2c_model=/models/k2t-base" in listed
 
 
 def test_queue_puts_the_cpu_rows_in_dvcs_queue(tmp_path: Path) -> None:
