@@ -11,6 +11,10 @@ Which captions are made (top-level param ``caption_augmentation``):
                 (the keytotext "k2t" models; ``captions.k2c_model``). Both kinds are kept so training
                 can draw from either (the reference's ``text_augment_all``). The model is loaded only
                 in this mode; ``captions.k2c_model`` set in another mode is ignored with a log line.
+                With ``captions.k2c_model: null`` the stand-in is used: a small T5 the ``k2c_model``
+                stage trains on the train clips' (labels -> captions) pairs
+                (:mod:`clap.data.k2c_standin`, folder ``data/models/k2c``), loaded and decoded by the
+                same code as a real model; reports name it as a stand-in (``k2c_model_used``).
 
 Keyword input format (``captions.k2c_input_format``), following keytotext:
 
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 MODES = ("none", "template", "k2c")
 INPUT_FORMATS = ("pipe", "space")
 AUGMENT_KINDS = ("template", "k2c")
+#: The file in a stand-in model folder saying what it is (written by clap.data.k2c_standin).
+STANDIN_INFO = "standin.json"
 
 
 class CaptionError(RuntimeError):
@@ -67,6 +73,7 @@ class CaptionConfig:
     k2c_num_beams: int = 4
     k2c_max_new_tokens: int = 48
     k2c_input_format: str = "pipe"
+    k2c_standin: dict[str, Any] = field(default_factory=dict)  # checked by clap.data.k2c_standin.StandinConfig
     debias: bool = True
     debias_original: bool = False
 
@@ -183,11 +190,21 @@ class KeywordToCaption:
     the same captions. Identical inputs are generated once.
     """
 
-    def __init__(self, model_name: str, allow_download: bool = False, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        allow_download: bool = False,
+        device: str | None = None,
+        description: str | None = None,
+        standin: bool = False,
+    ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         self.model_name = model_name
+        #: what reports call the model: its name or path, or the stand-in's plain label
+        self.description = description or model_name
+        self.standin = standin  # a stand-in trained here (clap.data.k2c_standin), not a keytotext model
         looks_local = Path(model_name).is_absolute() or model_name.startswith((".", "~"))
         if looks_local and not Path(model_name).expanduser().is_dir():
             raise CaptionError(
@@ -250,15 +267,37 @@ class KeywordToCaption:
         return [made[t] for t in texts]
 
 
-def load_k2c(cfg: CaptionConfig) -> KeywordToCaption:
-    if not cfg.k2c_model:
+def load_k2c(cfg: CaptionConfig, standin_dir: Path | None = None) -> KeywordToCaption:
+    """The model ``captions.k2c_model`` names, else the stand-in trained in ``standin_dir``."""
+    if cfg.k2c_model:
+        log.info("loading keyword-to-caption model %s", cfg.k2c_model)
+        return KeywordToCaption(cfg.k2c_model, allow_download=cfg.k2c_allow_download)
+    if standin_dir is None:
         raise CaptionError(
-            "caption_augmentation is 'k2c' but captions.k2c_model is not set. Fix: set captions.k2c_model to a "
-            "local model directory or a hub name such as gagan3012/k2t-base (with captions.k2c_allow_download: "
-            "true to fetch it), or set caption_augmentation to 'template'."
+            "caption_augmentation is 'k2c' but captions.k2c_model is not set and no stand-in folder was given. Fix: "
+            "set captions.k2c_model to a local model directory or a hub name such as gagan3012/k2t-base (with "
+            "captions.k2c_allow_download: true to fetch it), or train the stand-in (python -m clap.stages.k2c_model) "
+            "and pass its folder, or set caption_augmentation to 'template'."
         )
-    log.info("loading keyword-to-caption model %s", cfg.k2c_model)
-    return KeywordToCaption(cfg.k2c_model, allow_download=cfg.k2c_allow_download)
+    info_path = standin_dir / STANDIN_INFO
+    if not info_path.is_file():
+        raise CaptionError(
+            f"{standin_dir}: no keyword-to-caption stand-in there ({STANDIN_INFO} missing) and captions.k2c_model is "
+            "not set. Fix: run `dvc repro k2c_model` (or python -m clap.stages.k2c_model), or set captions.k2c_model."
+        )
+    info = json.loads(info_path.read_text())
+    if not info.get("trained"):
+        raise CaptionError(
+            f"{standin_dir}: the keyword-to-caption stand-in was not trained ({info.get('reason', 'no reason given')}). "
+            "Fix: add a source whose train clips carry both labels and captions, or set captions.k2c_model."
+        )
+    if info.get("input_format", cfg.k2c_input_format) != cfg.k2c_input_format:
+        raise CaptionError(
+            f"{standin_dir}: the stand-in was trained on {info['input_format']!r} keywords but "
+            f"captions.k2c_input_format is {cfg.k2c_input_format!r}. Fix: re-run the k2c_model stage."
+        )
+    log.info("loading keyword-to-caption %s from %s", info["description"], standin_dir)
+    return KeywordToCaption(str(standin_dir.resolve()), description=str(info["description"]), standin=True)
 
 
 # --------------------------------------------------------------------------- rows
@@ -272,11 +311,15 @@ class CaptionSummary:
     k2c_captions: int = 0
     k2c_rows_without_caption: int = 0
     debiased_words: dict[str, int] = field(default_factory=lambda: {"original": 0, "template": 0, "k2c": 0})
+    k2c_model_used: str | None = None   # the real model's name/path or the stand-in's plain label
+    k2c_standin: bool = False
 
     def to_json(self, cfg: CaptionConfig) -> dict[str, Any]:
         return {
             "mode": cfg.mode,
             "k2c_model": cfg.k2c_model if cfg.mode == "k2c" else None,
+            "k2c_model_used": self.k2c_model_used,
+            "k2c_standin": self.k2c_standin,
             "rows": self.rows,
             "rows_with_labels": self.with_labels,
             "template_captions": self.template_captions,
@@ -291,15 +334,19 @@ def augment_rows(
     cfg: CaptionConfig,
     k2c: KeywordToCaption | None = None,
     progress: bool = True,
+    standin_dir: Path | None = None,
 ) -> tuple[list[ManifestRow], CaptionSummary]:
     """Fill ``augmented`` on every row (both kinds always present, possibly empty) and de-bias.
 
-    In ``k2c`` mode the model is loaded here unless one is passed in.
+    In ``k2c`` mode the model is loaded here unless one is passed in: ``captions.k2c_model``, else
+    the stand-in in ``standin_dir``.
     """
     summary = CaptionSummary(rows=len(rows), with_labels=sum(bool(clean_labels(r.labels)) for r in rows))
     k2c_out: list[list[str]] = [[] for _ in rows]
     if cfg.mode == "k2c":
-        k2c = k2c or load_k2c(cfg)
+        k2c = k2c or load_k2c(cfg, standin_dir)
+        summary.k2c_model_used = k2c.description
+        summary.k2c_standin = k2c.standin
         labelled = [i for i, r in enumerate(rows) if clean_labels(r.labels)]
         texts = [format_keywords(rows[i].labels, cfg.k2c_input_format) for i in labelled]
         generated = k2c.generate(
@@ -349,10 +396,11 @@ def caption_manifest(
     cfg: CaptionConfig,
     report: Path | None = None,
     progress: bool = True,
+    standin_dir: Path | None = None,
 ) -> CaptionSummary:
     """The captions stage: normalized.jsonl in, captions.jsonl (+ an optional JSON summary) out."""
     rows = read_manifest(input_manifest)
-    out_rows, summary = augment_rows(rows, cfg, progress=progress)
+    out_rows, summary = augment_rows(rows, cfg, progress=progress, standin_dir=standin_dir)
     write_manifest(out_rows, output_manifest)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,10 @@
 
 Fills each row's ``augmented`` captions (template / keyword-to-caption, de-biased) as set by the
 top-level ``caption_augmentation`` and the ``captions`` section; writes a summary to
-reports/data/captions.json. Exits 1 with a message naming the fix when the k2c model is unavailable.
+reports/data/captions.json. In k2c mode with ``captions.k2c_model: null`` the stand-in the
+``k2c_model`` stage trained (``--k2c-standin``, data/models/k2c) makes the k2c captions; the summary's
+``k2c_model_used`` / ``k2c_standin`` say which model did. Exits 1 with a message naming the fix when
+the k2c model is unavailable.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", type=Path, default=Path("data/manifest/normalized.jsonl"))
     parser.add_argument("--output", type=Path, default=Path("data/manifest/captions.jsonl"))
     parser.add_argument("--report", type=Path, default=Path("reports/data/captions.json"))
+    parser.add_argument("--k2c-standin", type=Path, default=Path("data/models/k2c"),
+                        help="the k2c_model stage's folder, used in k2c mode when captions.k2c_model is null")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser.parse_args(argv)
 
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = CaptionConfig.from_params(load_params(args.params))
-        caption_manifest(args.input, args.output, cfg, report=args.report, progress=not args.no_progress)
+        caption_manifest(args.input, args.output, cfg, report=args.report, progress=not args.no_progress,
+                         standin_dir=args.k2c_standin)
     except (CaptionError, ParamsError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
