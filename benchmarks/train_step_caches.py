@@ -1,0 +1,159 @@
+"""Milliseconds per training sample with and without the training-step caches, side by side in one run.
+
+The embedded default's step (htsat-cpu + frozen MiniLM, batch 16, one process) on the pipeline's
+real training shards, in four rows:
+
+* ``none``: the streaming data path (decode FLAC, mel of every clip at every step) and captions
+  through the frozen MiniLM at every step, padded to 77 tokens (the code before the caches);
+* ``text cache``: the frozen tower's output computed once per distinct caption, only the
+  projection trains (clap.train.text_cache);
+* ``feature cache``: ``data_mode: cached`` - decode + mel once per clip, crops in mel frames
+  (clap.train.cached_data);
+* ``both``: the two together (the default).
+
+Each row is a fresh model (same seed) and data pipeline; the rows take their steps round-robin
+(one step of each, repeated), so load changes on a shared machine hit all rows alike. A row's
+time covers everything a worker does per step: data, features, both towers, loss, backward, Adam.
+``ms_per_sample`` is the run's total (one-off cache building included) over ``--steps`` steps;
+``ms_per_sample_steady`` leaves out the set-up and the first pass's cache misses (median step of
+the second half). CPU time (process time) is recorded beside wall time.
+
+    python -m benchmarks.train_step_caches [--shards data/shards] [--steps 80] [--threads 1]
+
+Writes benchmarks/results/train_step_caches.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clap.model.loss import contrastive_loss
+
+RESULTS = Path(__file__).parent / "results" / "train_step_caches.json"
+ROWS = {"none": (False, False), "text cache": (True, False), "feature cache": (False, True), "both": (True, True)}
+
+logger = logging.getLogger("benchmarks.train_step_caches")
+
+
+class Row:
+    """One cache configuration: its own model, optimiser and batch stream."""
+
+    def __init__(self, name: str, text_cache: bool, feature_cache: bool, loop: dict[str, Any]) -> None:
+        from clap.train.cached_data import cached_train_batches
+        from clap.train.data import train_batches
+        from clap.train.objectives import ContrastiveObjective
+
+        self.name, self.text_cache, self.feature_cache = name, text_cache, feature_cache
+        torch.manual_seed(0)
+        w0, c0 = time.perf_counter(), time.process_time()
+        self.objective = ContrastiveObjective(loop)
+        self.model = self.objective.build().train()
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=loop["lr"])
+        self.generator = torch.Generator().manual_seed(0)
+        common = dict(batch_size=loop["batch_size"], target=self.objective.target, seed=loop["seed"], rank=0,
+                      world_size=1)
+        if feature_cache:
+            self.batches = cached_train_batches(loop["train_urls"], fusion=False, **common)
+        else:
+            self.batches = train_batches(loop["train_urls"], shuffle_buffer=loop["shuffle_buffer"], **common)
+        self.setup_wall, self.setup_cpu = time.perf_counter() - w0, time.process_time() - c0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def _loss(self, batch) -> torch.Tensor:
+        audio = batch.features if self.feature_cache else batch.waveforms
+        if self.text_cache:
+            return self.objective.loss(self.model, self.model, audio, batch.targets, torch.device("cpu"),
+                                       self.generator)
+        # before the caches: the frozen tower on 77-token captions at every step
+        from clap.train.objectives import _features
+
+        feats = _features(audio, False, True, torch.device("cpu"), self.generator)
+        tokens = self.model.tokenize(list(batch.targets))
+        out = self.model(feats.input_features, feats.is_longer, tokens["input_ids"], tokens["attention_mask"])
+        return contrastive_loss(out.audio_embeds, out.text_embeds, out.logit_scale)
+
+    def step(self) -> None:
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss = self._loss(next(self.batches))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.model.clamp_logit_scale()
+        self.wall.append(time.perf_counter() - w0)
+        self.cpu.append(time.process_time() - c0)
+
+    def result(self, batch: int) -> dict[str, Any]:
+        steps = len(self.wall)
+        samples = steps * batch
+        return {
+            "row": self.name, "text_cache": self.text_cache, "feature_cache": self.feature_cache,
+            "setup_s": round(self.setup_wall, 2),
+            "ms_per_sample": round(1000 * (self.setup_wall + sum(self.wall)) / samples, 2),
+            "cpu_ms_per_sample": round(1000 * (self.setup_cpu + sum(self.cpu)) / samples, 2),
+            "ms_per_sample_steady": round(1000 * statistics.median(self.wall[steps // 2 :]) / batch, 2),
+            "distinct_captions_encoded": len(self.objective.text_cache) if self.objective.text_cache else None,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", default="data/shards", help="the shards stage's output (dvc repro shards)")
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
+
+    from clap.train.config import TrainConfig
+    from clap.train.trainer import loop_config
+
+    if not (Path(args.shards) / "index.json").is_file():
+        raise SystemExit(f"{args.shards}/index.json not found: build the shards first (dvc repro shards) or pass --shards")
+    config = TrainConfig(audio_encoder="htsat-cpu", text_encoder="minilm", freeze_text=True, batch_size=args.batch,
+                         shard_root=str(Path(args.shards).resolve()))
+    loop = loop_config(config)
+    load_before = os.getloadavg()
+    rows = [Row(name, text, feature, loop) for name, (text, feature) in ROWS.items()]
+    for step in range(args.steps):
+        if step % 10 == 0:
+            logger.info("step %d of %d", step, args.steps)
+        for row in rows:
+            row.step()
+    results = [row.result(args.batch) for row in rows]
+    for name, key in (("speedup_run", "ms_per_sample"), ("speedup_cpu", "cpu_ms_per_sample"),
+                      ("speedup_steady", "ms_per_sample_steady")):
+        for r in results:
+            r[name] = round(results[0][key] / r[key], 2)
+    payload = {
+        "what": "ms per training sample, htsat-cpu + frozen MiniLM, one process; rows round-robin",
+        "steps": args.steps, "batch": args.batch, "threads": args.threads, "train_sets": config.train_sets,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "rows": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    print("| caches | set-up (s) | ms/sample (run) | CPU ms/sample | ms/sample (steady) | speed-up (run) |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['row']} | {r['setup_s']} | {r['ms_per_sample']} | {r['cpu_ms_per_sample']} | "
+              f"{r['ms_per_sample_steady']} | {r['speedup_run']} |")
+
+
+if __name__ == "__main__":
+    main()
