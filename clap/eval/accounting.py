@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,3 +169,23 @@ def upstream_from_args(args: argparse.Namespace, needed: bool = True) -> Upstrea
         return UpstreamRecords()
     none = str(args.ingest_manifest).lower() == "none"
     return UpstreamRecords.read(None if none else args.ingest_manifest, args.quarantine)
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where an eval stage writes under its report folder: ``<kind>.json`` (flat metrics of every set),
+    ``<kind>/<set>/`` (tables) and ``<kind>_plots/<set>/`` (plot data and figures)."""
+
+    metrics: Path
+    tables: Path
+    plots: Path
+
+    @classmethod
+    def fresh(cls, out_dir: str | Path, kind: str) -> "ReportPaths":
+        """The paths under ``out_dir`` with both folders removed: they are replaced as a whole, so
+        their contents never depend on the set names of an earlier run."""
+        out = Path(out_dir)
+        paths = cls(metrics=out / f"{kind}.json", tables=out / kind, plots=out / f"{kind}_plots")
+        for folder in (paths.tables, paths.plots):
+            shutil.rmtree(folder, ignore_errors=True)
+        return paths

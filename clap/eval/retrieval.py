@@ -19,7 +19,6 @@ the set's metadata that was not scored is listed with its reason (:mod:`clap.eva
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from clap.eval.datasets import EvalClip, EvalSetError, iter_shard_clips, read_sh
 from clap.eval.embeddings import DroppedClip, embed_clips, embed_texts
 from clap.eval.accounting import (
     DROPPED_COLUMNS,
+    ReportPaths,
     UpstreamRecords,
     bucket_masks,
     completeness,
@@ -262,24 +262,14 @@ def evaluate_retrieval(engine: ClapInference, shard_root: str | Path, config: Re
     return [evaluate_retrieval_set(engine, shard_root, name, config, index, upstream) for name in config.sets]
 
 
-@dataclass(frozen=True)
-class RetrievalReportPaths:
-    metrics: Path
-    tables: Path  # <set>/dropped.csv
-    plots: Path   # <set>/recall.csv, <set>/recall_at_k.png
-
-
-def write_retrieval_reports(results: Sequence[RetrievalSetResult], out_dir: str | Path) -> RetrievalReportPaths:
+def write_retrieval_reports(results: Sequence[RetrievalSetResult], out_dir: str | Path) -> ReportPaths:
     """Under ``out_dir``: ``retrieval.json`` (flat metrics of every set) and per set (``<source>_<split>``)
     ``retrieval/<set>/dropped.csv`` (every clip of the set not scored: stage and reason),
     ``retrieval_plots/<set>/recall.csv`` (direction, k, recall, chance) and ``recall_at_k.png``. Both
     folders are replaced as a whole, so their paths never depend on the set names in params."""
     from clap.report.figures import plot_recall_at_k  # noqa: PLC0415 - matplotlib only when writing
 
-    out = Path(out_dir)
-    paths = RetrievalReportPaths(metrics=out / "retrieval.json", tables=out / "retrieval", plots=out / "retrieval_plots")
-    for folder in (paths.tables, paths.plots):
-        shutil.rmtree(folder, ignore_errors=True)
+    paths = ReportPaths.fresh(out_dir, "retrieval")
     metrics: dict[str, Any] = {}
     for r in results:
         metrics.update(r.flat_metrics())

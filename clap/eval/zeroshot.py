@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch import Tensor
 from clap.data.manifest import ManifestRow
 from clap.eval.accounting import (
     DROPPED_COLUMNS,
+    ReportPaths,
     UpstreamRecords,
     bucket_masks,
     completeness,
@@ -399,14 +399,7 @@ def evaluate_zero_shot(
     return [evaluate_zero_shot_set(engine, spec, config, overlap, shard_root, index, upstream) for spec in config.sets]
 
 
-@dataclass(frozen=True)
-class ZeroShotReportPaths:
-    metrics: Path
-    tables: Path   # <set>/per_class.csv, <set>/dropped.csv
-    plots: Path    # <set>/predictions.csv, <set>/confusion.png
-
-
-def write_zero_shot_reports(results: Sequence[ZeroShotSetResult], out_dir: str | Path) -> ZeroShotReportPaths:
+def write_zero_shot_reports(results: Sequence[ZeroShotSetResult], out_dir: str | Path) -> ReportPaths:
     """Under ``out_dir``: ``zeroshot.json`` (flat metrics of every set), and per set
     ``zeroshot/<set>/per_class.csv`` and ``dropped.csv`` (every clip of the set not scored, with the
     stage and reason), ``zeroshot_plots/<set>/predictions.csv`` (one row per clip, for `dvc plots`'
@@ -414,10 +407,7 @@ def write_zero_shot_reports(results: Sequence[ZeroShotSetResult], out_dir: str |
     depend on the set names in params."""
     from clap.report.figures import plot_confusion  # noqa: PLC0415 - matplotlib only when writing
 
-    out = Path(out_dir)
-    paths = ZeroShotReportPaths(metrics=out / "zeroshot.json", tables=out / "zeroshot", plots=out / "zeroshot_plots")
-    for folder in (paths.tables, paths.plots):
-        shutil.rmtree(folder, ignore_errors=True)
+    paths = ReportPaths.fresh(out_dir, "zeroshot")
     metrics: dict[str, Any] = {}
     for r in results:
         metrics.update(r.flat_metrics())

@@ -9,7 +9,6 @@ behind; a stale corpus at ``--out`` is replaced.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 
 from clap.corpus import CorpusConfig, CorpusSummary, write_corpus
 from clap.params import load_params
+from clap.stages.common import run_stage, stage_parser
 
 log = logging.getLogger("clap.stages.corpus")
 
@@ -45,18 +45,18 @@ def log_summary(summary: CorpusSummary) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clap.stages.corpus", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    parser = stage_parser("corpus", __doc__, progress=True)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: the builtin source's path in params, else data/raw/builtin)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
-    config = CorpusConfig.from_params(params)
-    out_dir = args.out if args.out is not None else default_out(params)
-    log_summary(write_corpus(out_dir, config, progress=not args.no_progress))
-    return 0
+
+    def work() -> None:
+        params = load_params(args.params)
+        config = CorpusConfig.from_params(params)
+        out_dir = args.out if args.out is not None else default_out(params)
+        log_summary(write_corpus(out_dir, config, progress=not args.no_progress))
+
+    return run_stage("corpus", work, timed=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ and ``retrieval_plots/<set>/recall_at_k.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -24,27 +23,23 @@ from clap.eval.datasets import EvalSetError
 from clap.eval.embeddings import add_model_arguments, engine_from_args
 from clap.eval.retrieval import RetrievalConfig, check_retrieval_sets, evaluate_retrieval, write_retrieval_reports
 from clap.model.weights import CheckpointError
-from clap.params import ParamsError, load_params
+from clap.params import load_params
+from clap.stages.common import run_stage, stage_parser
 
 log = logging.getLogger("clap.stages.eval_retrieval")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clap.stages.eval_retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("eval_retrieval", __doc__)
     parser.add_argument("--shards", default="data/shards", help="shard root with index.json (local or s3://)")
     parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder")
     parser.add_argument("--set", dest="sets", action="append", default=None, metavar="SOURCE/SPLIT",
                         help="evaluate this set instead of params eval_retrieval.sets (repeatable)")
     add_model_arguments(parser, "clips per forward pass (default: params eval_retrieval.batch_size)")
     add_upstream_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
 
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
+    def work() -> None:
         config = RetrievalConfig.from_params(load_params(args.params).get("eval_retrieval"))
         if args.sets:
             config = dataclasses.replace(config, sets=tuple(args.sets))
@@ -52,14 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, batch_size=args.batch_size)
         check_retrieval_sets(args.shards, config.sets)
         upstream = upstream_from_args(args)
-        engine = engine_from_args(args, config.batch_size)
-        results = evaluate_retrieval(engine, args.shards, config, upstream)
+        results = evaluate_retrieval(engine_from_args(args, config.batch_size), args.shards, config, upstream)
         paths = write_retrieval_reports(results, args.out)
-    except (EvalSetError, CheckpointError, ParamsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
-    log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
-    return 0
+        log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
+
+    return run_stage("eval_retrieval", work, (EvalSetError, CheckpointError, ValueError))
 
 
 if __name__ == "__main__":

@@ -44,29 +44,12 @@ from clap.eval.zeroshot import (
     write_zero_shot_reports,
 )
 from clap.model.weights import CheckpointError
-from clap.params import ParamsError, load_params
+from clap.params import load_params
+from clap.stages.common import run_stage, stage_parser
 
 log = logging.getLogger("clap.stages.eval_zeroshot")
 
 DEFAULT_MANIFEST = "data/manifest/captions.jsonl"
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clap.stages.eval_zeroshot", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--shards", default="data/shards", help="shard root with index.json (local or s3://)")
-    parser.add_argument("--manifest", default=DEFAULT_MANIFEST,
-                        help="manifest whose training rows' hashes are excluded ('none': check exclude_ids only)")
-    parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder")
-    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="NAME=PATH",
-                        help="evaluate this set instead of params eval_zeroshot.sets (repeatable; see below)")
-    parser.add_argument("--folds", default=None, help="folds to keep, e.g. 1 or 1,2; 'all' for every fold")
-    parser.add_argument("--template", default=None, help="prompt template with {label} (replaces params')")
-    parser.add_argument("--exclude-ids", default=None, help="text file of clip ids/file names/sha256 to leave out")
-    add_upstream_arguments(parser)
-    add_model_arguments(parser, "clips per forward pass (default: params eval_zeroshot.batch_size)")
-    return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> ZeroShotConfig:
@@ -87,9 +70,21 @@ def config_from_args(args: argparse.Namespace) -> ZeroShotConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
+    parser = stage_parser("eval_zeroshot", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--shards", default="data/shards", help="shard root with index.json (local or s3://)")
+    parser.add_argument("--manifest", default=DEFAULT_MANIFEST,
+                        help="manifest whose training rows' hashes are excluded ('none': check exclude_ids only)")
+    parser.add_argument("--out", type=Path, default=Path("reports/eval"), help="report folder")
+    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="NAME=PATH",
+                        help="evaluate this set instead of params eval_zeroshot.sets (repeatable; see below)")
+    parser.add_argument("--folds", default=None, help="folds to keep, e.g. 1 or 1,2; 'all' for every fold")
+    parser.add_argument("--template", default=None, help="prompt template with {label} (replaces params')")
+    parser.add_argument("--exclude-ids", default=None, help="text file of clip ids/file names/sha256 to leave out")
+    add_upstream_arguments(parser)
+    add_model_arguments(parser, "clips per forward pass (default: params eval_zeroshot.batch_size)")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
         config = config_from_args(args)
         manifest = None if str(args.manifest).lower() == "none" else Path(args.manifest)
         if manifest is not None and not manifest.is_file():
@@ -101,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         engine = engine_from_args(args, config.batch_size)
         results = evaluate_zero_shot(engine, config, overlap, args.shards, upstream)
         paths = write_zero_shot_reports(results, args.out)
-    except (EvalSetError, CheckpointError, ParamsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
-    log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
-    return 0
+        log.info("wrote %s, %s/<set>/ and %s/<set>/ for %d set(s)", paths.metrics, paths.tables, paths.plots, len(results))
+
+    return run_stage("eval_zeroshot", work, (EvalSetError, CheckpointError, ValueError))
 
 
 if __name__ == "__main__":

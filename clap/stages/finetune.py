@@ -20,7 +20,6 @@ reports/finetune/metrics.json.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 from dataclasses import replace
@@ -30,6 +29,7 @@ from typing import Any
 from clap.data.manifest import iter_manifest
 from clap.params import ParamsError, check_keys, config_from_mapping, load_params, section
 from clap.report.writer import write_metrics, write_rows
+from clap.stages.common import run_stage, stage_parser
 from clap.train.config import TrainConfig
 from clap.train.trainer import TrainResult, run_training, shutdown_ray
 
@@ -96,21 +96,21 @@ def cv_splits(folds: list[int]) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser("finetune", __doc__)
     parser.add_argument("--models", default="data/models/finetune")
     parser.add_argument("--reports", default="reports/finetune")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    params = load_params(args.params)
-    try:
-        metrics, curves = run_tasks(params, Path(args.models))
-    finally:
-        shutdown_ray()
-    write_metrics(Path(args.reports) / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
-    write_rows(Path(args.reports) / "val.csv", curves, ["task", "epoch", "step", "val_top1", "val_map"])
-    return 0
+    def work() -> None:
+        params = load_params(args.params)
+        try:
+            metrics, curves = run_tasks(params, Path(args.models))
+        finally:
+            shutdown_ray()
+        write_metrics(Path(args.reports) / "metrics.json", {k: v for k, v in metrics.items() if v is not None})
+        write_rows(Path(args.reports) / "val.csv", curves, ["task", "epoch", "step", "val_top1", "val_map"])
+
+    return run_stage("finetune", work, timed=True)
 
 
 def _figures(result: TrainResult) -> dict[str, float]:
