@@ -14,6 +14,7 @@ import pytest
 from clap.corpus import CorpusConfig
 from clap.data.captions import CaptionConfig
 from clap.data.ingest import IngestConfig
+from clap.data.k2c_standin import StandinConfig
 from clap.data.manifest import ManifestRow, write_manifest
 from clap.data.normalize import NormalizeConfig
 from clap.data.shards import ShardConfig
@@ -29,13 +30,19 @@ def finetune_configs(params: dict[str, Any]) -> list[TrainConfig]:
     return [task_config(params, task) for task in section(params, "finetune")["tasks"]]
 
 
+def caption_configs(params: dict[str, Any]) -> tuple[CaptionConfig, StandinConfig]:
+    """The captions stage's config and the k2c_model stage's (``captions.k2c_standin``)."""
+    captions = CaptionConfig.from_params(params)
+    return captions, StandinConfig.from_mapping(captions.k2c_standin)
+
+
 #: Section -> the call its stage makes (``sources`` and ``ingest`` are read together by ingest).
 LOADERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "corpus": CorpusConfig.from_params,
     "sources": IngestConfig.from_params,
     "ingest": IngestConfig.from_params,
     "normalize": lambda params: NormalizeConfig.from_params(section(params, "normalize")),
-    "captions": CaptionConfig.from_params,
+    "captions": caption_configs,
     "shards": ShardConfig.from_params,
     "train": TrainConfig.from_params,
     "eval_retrieval": lambda params: RetrievalConfig.from_params(params.get("eval_retrieval")),
@@ -51,6 +58,7 @@ UNKNOWN_KEY_PLACES = {
     ("ingest",): "params.yaml ingest",
     ("normalize",): "params.yaml normalize",
     ("captions",): "params.yaml captions",
+    ("captions", "k2c_standin"): "params.yaml captions.k2c_standin",
     ("shards",): "params.yaml shards",
     ("train",): "params.yaml train",
     ("eval_retrieval",): "params.yaml eval_retrieval",
@@ -82,7 +90,7 @@ def test_every_section_of_the_committed_params_loads(params: dict[str, Any]) -> 
     train = loaded["train"]
     assert train.fusion == params["fusion"] and train.train_sets == params["train_sets"]
     assert train.betas == tuple(params["train"]["betas"]) and isinstance(train.lr, float)
-    assert loaded["captions"].mode == params["caption_augmentation"]
+    assert loaded["captions"][0].mode == params["caption_augmentation"]
     assert loaded["corpus"].clips_per_class == params["corpus"]["classification"]["clips_per_class"]
     assert [c.objective for c in loaded["finetune"]] == ["classification"] * len(params["finetune"]["tasks"])
 

@@ -25,12 +25,13 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from clap.data.captions import STANDIN_INFO, CaptionError, clean_labels, format_keywords
 from clap.data.manifest import TRAIN_SPLITS, ManifestRow
+from clap.params import config_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,7 @@ class StandinConfig:
 
     @classmethod
     def from_mapping(cls, section: dict[str, Any] | None) -> "StandinConfig":
-        section = section or {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise CaptionError(
-                f"params.yaml captions.k2c_standin: unknown keys {sorted(unknown)} (known: {sorted(known)})"
-            )
-        return cls(**section)
+        return config_from_mapping(cls, section or {}, "params.yaml captions.k2c_standin", error=CaptionError)
 
 
 @dataclass(frozen=True)

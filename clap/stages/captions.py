@@ -12,40 +12,29 @@ the k2c model is unavailable.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
 from clap.data.captions import CaptionConfig, CaptionError, caption_manifest
-from clap.params import ParamsError, load_params
+from clap.params import load_params
+from clap.stages.common import run_stage, stage_parser
 
-log = logging.getLogger("clap.stages.captions")
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clap.stages.captions", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("captions", __doc__, progress=True)
     parser.add_argument("--input", type=Path, default=Path("data/manifest/normalized.jsonl"))
     parser.add_argument("--output", type=Path, default=Path("data/manifest/captions.jsonl"))
     parser.add_argument("--report", type=Path, default=Path("reports/data/captions.json"))
     parser.add_argument("--k2c-standin", type=Path, default=Path("data/models/k2c"),
                         help="the k2c_model stage's folder, used in k2c mode when captions.k2c_model is null")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
 
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
+    def work() -> None:
         cfg = CaptionConfig.from_params(load_params(args.params))
         caption_manifest(args.input, args.output, cfg, report=args.report, progress=not args.no_progress,
                          standin_dir=args.k2c_standin)
-    except (CaptionError, ParamsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+
+    return run_stage("captions", work, (CaptionError, ValueError))
 
 
 if __name__ == "__main__":

@@ -10,43 +10,32 @@ seconds on the embedded corpus; without such clips it writes an untrained marker
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
 from clap.data.captions import CaptionConfig, CaptionError
 from clap.data.k2c_standin import StandinConfig, train_standin, training_pairs, write_untrained
 from clap.data.manifest import read_manifest
-from clap.params import ParamsError, load_params
-
-log = logging.getLogger("clap.stages.k2c_model")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clap.stages.k2c_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--input", type=Path, default=Path("data/manifest/normalized.jsonl"))
-    parser.add_argument("--out", type=Path, default=Path("data/models/k2c"))
-    return parser.parse_args(argv)
+from clap.params import load_params
+from clap.stages.common import run_stage, stage_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
-        params = load_params(args.params)
-        captions = CaptionConfig.from_params(params)
+    parser = stage_parser("k2c_model", __doc__)
+    parser.add_argument("--input", type=Path, default=Path("data/manifest/normalized.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("data/models/k2c"))
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        captions = CaptionConfig.from_params(load_params(args.params))
         cfg = StandinConfig.from_mapping(captions.k2c_standin)
         data = training_pairs(read_manifest(args.input), captions.k2c_input_format)
         if data.pairs:
             train_standin(data, cfg, args.out, captions.k2c_input_format)
         else:
             write_untrained(args.out, f"{args.input}: no train clip has both labels and captions")
-    except (CaptionError, ParamsError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+
+    return run_stage("k2c_model", work, (CaptionError, ValueError))
 
 
 if __name__ == "__main__":
