@@ -197,6 +197,7 @@ class KeywordToCaption:
         device: str | None = None,
         description: str | None = None,
         standin: bool = False,
+        threads: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -205,6 +206,7 @@ class KeywordToCaption:
         #: what reports call the model: its name or path, or the stand-in's plain label
         self.description = description or model_name
         self.standin = standin  # a stand-in trained here (clap.data.k2c_standin), not a keytotext model
+        self.threads = threads  # torch CPU threads while generating; None: torch's default
         looks_local = Path(model_name).is_absolute() or model_name.startswith((".", "~"))
         if looks_local and not Path(model_name).expanduser().is_dir():
             raise CaptionError(
@@ -247,24 +249,37 @@ class KeywordToCaption:
         beams = max(num_beams, num_captions)
         made: dict[str, list[str]] = {}
         batches = [unique[i:i + batch_size] for i in range(0, len(unique), batch_size)]
-        for batch in tqdm(batches, desc="k2c captions", unit="batch", disable=not progress):
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **{k: v.to(self.device) for k, v in enc.items()},
-                    do_sample=False,
-                    num_beams=beams,
-                    num_return_sequences=num_captions,
-                    max_new_tokens=max_new_tokens,
-                    no_repeat_ngram_size=3,
-                    length_penalty=1.5,
-                    early_stopping=True,
-                )
-            decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-            for i, text in enumerate(batch):
-                group = [" ".join(c.split()) for c in decoded[i * num_captions:(i + 1) * num_captions]]
-                made[text] = list(dict.fromkeys(c for c in group if c))
+        threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            for batch in tqdm(batches, desc="k2c captions", unit="batch", disable=not progress):
+                made.update(self._generate_batch(batch, num_captions, beams, max_new_tokens))
+        finally:
+            torch.set_num_threads(threads_before)
         return [made[t] for t in texts]
+
+    def _generate_batch(self, batch: list[str], num_captions: int, beams: int, max_new_tokens: int) -> dict[str, list[str]]:
+        import torch
+
+        enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **{k: v.to(self.device) for k, v in enc.items()},
+                do_sample=False,
+                num_beams=beams,
+                num_return_sequences=num_captions,
+                max_new_tokens=max_new_tokens,
+                no_repeat_ngram_size=3,
+                length_penalty=1.5,
+                early_stopping=True,
+            )
+        decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        made: dict[str, list[str]] = {}
+        for i, text in enumerate(batch):
+            group = [" ".join(c.split()) for c in decoded[i * num_captions:(i + 1) * num_captions]]
+            made[text] = list(dict.fromkeys(c for c in group if c))
+        return made
 
 
 def load_k2c(cfg: CaptionConfig, standin_dir: Path | None = None) -> KeywordToCaption:
@@ -297,7 +312,9 @@ def load_k2c(cfg: CaptionConfig, standin_dir: Path | None = None) -> KeywordToCa
             f"captions.k2c_input_format is {cfg.k2c_input_format!r}. Fix: re-run the k2c_model stage."
         )
     log.info("loading keyword-to-caption %s from %s", info["description"], standin_dir)
-    return KeywordToCaption(str(standin_dir.resolve()), description=str(info["description"]), standin=True)
+    threads = (info.get("config") or {}).get("threads")  # as small a model generates as it trained
+    return KeywordToCaption(str(standin_dir.resolve()), description=str(info["description"]), standin=True,
+                            threads=int(threads) if threads else None)
 
 
 # --------------------------------------------------------------------------- rows
