@@ -40,8 +40,9 @@ report: setup
 ## Table 3's CPU rows x SEEDS as DVC experiments (commit first: the queue runs HEAD), then
 ## reports/experiments/table3.md and table3.png (mean and std over seeds, by clip duration).
 SEEDS ?= 3407,1,2
+SWEEP_STAGES ?= eval_retrieval eval_zeroshot
 experiments: setup
-	$(BIN)/python -m clap.experiments queue experiments/table3.yaml --seeds $(SEEDS) --run
+	$(BIN)/python -m clap.experiments queue experiments/table3.yaml --seeds $(SEEDS) --targets $(SWEEP_STAGES) --run
 	$(BIN)/python -m clap.report.table3 --table experiments/table3.yaml --out reports/experiments
 
 ## Throughput measurements (not part of the tests).

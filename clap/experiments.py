@@ -10,7 +10,8 @@ local model folder); the row is runnable once its variant or `--set` gives every
 A variant of `null` is never runnable.
 `queue` turns the chosen variant of every row into `dvc exp run --queue --name <table>-<row> -S ...`
 (with `--seeds 3407,1,2`: one run per seed, `-S seed=N`, named `<table>-<row>-s<N>`);
-`--run` then starts DVC's queue (`dvc queue start`) and waits for it. Compare with `dvc exp show`
+`--targets eval_retrieval eval_zeroshot` reproduces only those stages and what they need (the sweep
+skips fine-tuning); `--run` then starts DVC's queue (`dvc queue start`) and waits for it. Compare with `dvc exp show`
 and `make report`.
 """
 
@@ -24,7 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -104,14 +105,15 @@ def skip_reason(row: ExperimentRow) -> str:
     return "needs " + ", ".join(f"--set {key}=..." for key in row.missing())
 
 
-def queue_rows(rows: list[ExperimentRow], repo: Path) -> list[str]:
-    """``dvc exp run --queue`` for every runnable row (overrides already merged); the others are named."""
+def queue_rows(rows: list[ExperimentRow], repo: Path, targets: Sequence[str] = ()) -> list[str]:
+    """``dvc exp run --queue`` for every runnable row (overrides already merged); the others are named.
+    ``targets``: the stages to reproduce (with what they need); default the whole pipeline."""
     queued = []
     for row in rows:
         if not row.runnable:
             print(f"skip {row.experiment_name}: {skip_reason(row)}", file=sys.stderr)
             continue
-        cmd = ["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *set_args(row.overrides or {})]
+        cmd = ["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *set_args(row.overrides or {}), *targets]
         print(" ".join(cmd))
         subprocess.run(cmd, cwd=repo, check=True)
         queued.append(row.experiment_name)
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="store_true", help="start the DVC queue and wait for it")
     parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="N,N,...",
                         help="every row once per seed (-S seed=N), named <table>-<row>-s<N>")
+    parser.add_argument("--targets", nargs="+", default=[], metavar="STAGE",
+                        help="reproduce only these stages and what they need (default: the whole pipeline)")
     parser.add_argument("--repo", type=Path, default=Path("."))
     args = parser.parse_args(argv)
 
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(row.experiment_name, shlex.join(set_args(row.overrides or {})) if row.runnable
                   else f"(not runnable: {skip_reason(row)})")
         return 0
-    queue_rows(rows, args.repo)
+    queue_rows(rows, args.repo, args.targets)
     if args.run:
         subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=args.repo, check=True)
         while "Queued" in (status := subprocess.run(["dvc", "queue", "status"], cwd=args.repo, capture_output=True,
