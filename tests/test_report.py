@@ -69,8 +69,14 @@ def test_table3_from_a_hand_made_exp_show(tmp_path: Path) -> None:
             ((1, 0.10, 0.00), (2, 0.20, 0.10), (3, 0.30, 0.20))]
     runs += [_table3_run("captions-only-fusion", s, True, zs, zs_long, 0.6) for s, zs, zs_long in
              ((1, 0.20, 0.40), (2, 0.20, 0.40), (3, 0.20, 0.40))]
+    # as dvc 3 lists them: one group per experiment with its executor's state; a queued (or running)
+    # experiment shows the baseline's committed metrics, so it must not count as a seed
+    queued = _table3_run("captions-only", 4, False, 0.9, 0.9, 0.9)
+    groups = [{"revs": [run], "name": run["name"], "executor": {"state": "success"}} for run in runs[:-1]]
+    groups += [{"revs": [runs[-1]], "name": runs[-1]["name"], "executor": None},
+               {"revs": [queued], "name": queued["name"], "executor": {"state": "queued"}}]
     baseline = _exp("main", "abc1234", {"seed": 3407}, {"reports/eval/zeroshot.json": {"builtin_esc.top1": 0.9}},
-                    children=[{"revs": runs, "name": None}])
+                    children=groups)
     exp_show = [_exp(None, "workspace", {"seed": 3407}, {}), baseline]
     markdown, figure = write_table3(REPO_ROOT / "experiments/table3.yaml", exp_show, tmp_path)
     text = markdown.read_text()

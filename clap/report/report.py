@@ -167,23 +167,31 @@ def _find(flat: dict[str, Any], metric: str) -> Any:
     return flat[hits[0][1]] if hits else None
 
 
-def iter_experiments(data: Any) -> Iterable[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
-    """(name, params.yaml values, {metrics file: values}) for every commit/experiment in DVC's JSON."""
-    def visit(node: Any) -> Iterable[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
+#: Executor states of experiments whose metrics are not their own yet (a queued or running
+#: experiment shows its baseline's committed metrics) or never will be.
+UNFINISHED_STATES = frozenset({"queued", "running", "failed"})
+
+
+def iter_experiments(data: Any, finished_only: bool = True) -> Iterable[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
+    """(name, params.yaml values, {metrics file: values}) for every commit/experiment in DVC's JSON;
+    with ``finished_only``, experiments still queued or running, or failed, are left out."""
+    def visit(node: Any, state: str | None) -> Iterable[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]:
         if isinstance(node, list):
             for item in node:
-                yield from visit(item)
+                yield from visit(item, state)
         elif isinstance(node, dict):
+            state = ((node.get("executor") or {}).get("state") or state) if "executor" in node else state
             data_node = node.get("data")
-            if isinstance(data_node, dict) and ("metrics" in data_node or "params" in data_node):
+            if isinstance(data_node, dict) and ("metrics" in data_node or "params" in data_node) \
+                    and not (finished_only and state in UNFINISHED_STATES):
                 name = node.get("name") or data_node.get("name") or str(node.get("rev", "?"))[:7]
                 params = ((data_node.get("params") or {}).get("params.yaml") or {}).get("data") or {}
                 metrics = {file: (entry or {}).get("data") or {} for file, entry in (data_node.get("metrics") or {}).items()}
                 yield name, params, metrics
             for key in ("experiments", "revs"):
                 if key in node:
-                    yield from visit(node[key])
-    yield from visit(data)
+                    yield from visit(node[key], state)
+    yield from visit(data, None)
 
 
 def build_report(root: Path, with_experiments: bool = True) -> str:
