@@ -80,7 +80,7 @@ def test_renamed_zero_shot_set_reproduces_with_its_report_folders(repo: Path) ->
     from tests.tiny_clap import save_tiny_model
 
     save_tiny_model(repo / "data/models/clap", fusion=False)
-    (repo / "reports/eval/zeroshot/builtin_esc").mkdir(parents=True, exist_ok=True)  # as an earlier run under the old name left it
+    (repo / "reports/eval/zeroshot/builtin_esc").mkdir(parents=True, exist_ok=True)  # left by an old run
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["eval_zeroshot"]["sets"] = [{"name": "esc_renamed", "shards": "builtin_esc/test"}]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
