@@ -42,14 +42,14 @@ class CorpusConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "CorpusConfig":
-        """Build from the whole params dict (section ``corpus``; the top-level ``seed`` is the
-        fallback when ``corpus.seed`` is absent). Unknown keys are an error naming them."""
+        """Build from the whole params dict (section ``corpus`` only: the top-level ``seed`` is the
+        training seed, so a seed sweep never regenerates the data). Unknown keys are an error naming them."""
         corpus = section(params, "corpus")
         classification = corpus.get("classification") or {}
         check_keys(classification, ("clips_per_class", "folds"), "params.yaml corpus.classification")
         config = load_section(
             params, "corpus", cls, required=True, fixed=classification, fixed_at="corpus.classification",
-            ignore=("classification",), defaults={"seed": params["seed"]} if "seed" in params else None,
+            ignore=("classification",),
             parsers={"formats": _format_shares},
         )
         config.validate()
