@@ -28,6 +28,7 @@ from clap.data.normalize import (
 )
 from clap.data.validation import DataValidationError, validate_dataframe
 from clap.stages import normalize as normalize_stage
+from tests.repo_copy import committed_params
 
 TONE_HZ = 440.0
 
@@ -301,8 +302,7 @@ def test_quarantine_rerun_replaces_its_rows_and_keeps_others(tmp_path: Path) -> 
 
 
 def test_short_clips_are_kept_by_default_and_min_duration_is_opt_in(tmp_path: Path) -> None:
-    defaults = NormalizeConfig.from_params(yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-                                           ["normalize"])
+    defaults = NormalizeConfig.from_params(committed_params()["normalize"])
     assert defaults.min_duration is None
     rows = []
     for name, seconds, sr in (("blip", 0.2, 44100), ("click", 0.01, 16000), ("one_sample", 1 / 48000, 48000)):
