@@ -21,6 +21,12 @@ import yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+#: Top-level params that experiments flip with -S (the `train` section takes them as its own).
+TOP_LEVEL_SWITCHES = ("audio_encoder", "text_encoder", "fusion", "caption_augmentation", "train_sets", "seed")
+#: The stage sections of params.yaml.
+SECTIONS = ("corpus", "sources", "ingest", "normalize", "captions", "shards", "train", "eval_retrieval",
+            "eval_zeroshot", "finetune")
+
 T = TypeVar("T")
 #: A converter for one key: the raw YAML value in, the field's value out (raises naming the problem).
 Parser = Callable[[Any], Any]
@@ -39,6 +45,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
         params = yaml.safe_load(fh) or {}
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(params).__name__}")
+    check_keys(params, (*TOP_LEVEL_SWITCHES, *SECTIONS), str(path))  # a typo like `fusoin:` is an error
     return params
 
 

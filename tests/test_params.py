@@ -139,3 +139,16 @@ def test_a_top_level_switch_repeated_in_its_section_is_refused(params: dict[str,
     params["train"]["fusion"] = not params["fusion"]  # would silently lose to the top-level value
     with pytest.raises(ParamsError, match=r"params.yaml train: \['fusion'\] belong to the top level of params.yaml"):
         TrainConfig.from_params(params)
+
+
+def test_a_misspelt_top_level_key_in_params_yaml_is_an_error(params: dict[str, Any], tmp_path: Path) -> None:
+    """A typo at the top (`fusoin: true`) would otherwise be ignored and the run use the default."""
+    import yaml
+
+    from clap.params import SECTIONS, load_params
+
+    assert set(params) == {*TOP_LEVEL_SWITCHES, *SECTIONS}  # the committed params hold exactly the known keys
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({**params, "fusoin": True}))
+    with pytest.raises(ParamsError, match=r"unknown keys \['fusoin'\] \(did you mean 'fusion'"):
+        load_params(path)

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from clap.params import load_section
-
-#: Top-level params that a `train` section takes as its own (experiments flip them with -S).
-TOP_LEVEL_SWITCHES = ("audio_encoder", "text_encoder", "fusion", "caption_augmentation", "train_sets", "seed")
+from clap.params import TOP_LEVEL_SWITCHES, load_section
 
 #: Caption kinds per `caption_augmentation` switch (the paper's Table 3): original captions always,
 #: then the augmentation for label-only clips.
