@@ -164,10 +164,37 @@ def selection_lines(rows: Sequence[RowSummary]) -> list[str]:
     counts = sorted({len(row.runs) for row in rows if row.runs})
     lines.append(f"- Seeds: {', '.join(map(str, seeds)) or 'none'} (`-S seed=<n>`); {'/'.join(map(str, counts)) or 0} "
                  "per row; mean ± sample standard deviation over seeds, in percent.")
+    budgets = sorted({_training_budget(run.params) for run in runs})
+    lines.append(f"- Training budget per run: {' / '.join(budgets) or '?'} (from each run's params).")
+    k2c = sorted({str((run.params.get("captions") or {}).get("k2c_model") or "the offline stand-in T5 (k2c_model stage)")
+                  for run in runs if run.params.get("caption_augmentation") == "k2c"})
+    if k2c:
+        lines.append(f"- Keyword-to-caption captions came from: {', '.join(k2c)}; the stand-in is not the paper's "
+                     "k2t model, so k2c rows measure this pipeline's stand-in, not the paper's augmentation.")
     partial = sorted({s for run in runs for s in run.partial_sets()})
     if partial:
         lines.append(f"- Partial evaluation sets (not every clip of their metadata was scored): {', '.join(partial)}.")
     return lines
+
+
+def _noise_mark(off: tuple[float, float, int], on: tuple[float, float, int]) -> str:
+    """``*`` when on - off exceeds two standard errors of the difference of the two seed means."""
+    (mean_off, std_off, n_off), (mean_on, std_on, n_on) = off, on
+    if min(n_off, n_on) < 2:
+        return ""
+    stderr = (std_off**2 / n_off + std_on**2 / n_on) ** 0.5
+    return "*" if abs(mean_on - mean_off) > 2 * stderr else ""
+
+
+def _training_budget(params: dict[str, Any]) -> str:
+    """``E epochs x S steps x global batch B = N samples`` from a run's params."""
+    train = params.get("train") or {}
+    try:
+        epochs, steps = int(train["epochs"]), int(train["steps_per_epoch"])
+        batch = int(train["batch_size"]) * int(train.get("num_workers") or 1)
+    except (KeyError, TypeError, ValueError):
+        return "?"
+    return f"{epochs} epochs x {steps} steps x global batch {batch} = {epochs * steps * batch:,} samples"
 
 
 def build_markdown(table_spec: dict[str, Any], rows: Sequence[RowSummary]) -> str:
@@ -183,21 +210,23 @@ def build_markdown(table_spec: dict[str, Any], rows: Sequence[RowSummary]) -> st
                                               "A bucket's queries are ranked against the whole test set.", ""]
     lines += markdown_table(["row"] + [c.label for c in BUCKET_COLUMNS],
                              [[row.name] + [_cell(row.stats(c)) for c in BUCKET_COLUMNS] for row in rows if row.runs])
-    lines += ["", "## Fusion's effect (fusion on minus off, points, mean over seeds)", ""]
+    lines += ["", "## Fusion's effect (fusion on minus off, points, mean over seeds)", "",
+              "`*`: the difference exceeds twice its standard error over seeds; unmarked ones are within seed noise.",
+              ""]
     pairs = fusion_pairs(rows)
     for off, on in pairs:
         parts = []
         for column in BUCKET_COLUMNS:
             a, b = off.stats(column), on.stats(column)
             if a and b:
-                parts.append(f"{column.label}: {100 * (b[0] - a[0]):+.1f}")
+                parts.append(f"{column.label}: {100 * (b[0] - a[0]):+.1f}{_noise_mark(a, b)}")
         lines.append(f"- {on.name} vs {off.name}: " + ("; ".join(parts) or "no duration-bucket figures"))
     if not pairs:
         lines.append("- no pair of rows that differ only in fusion has runs")
     lines += ["", "## How the figures were selected", ""] + selection_lines(rows)
     missing = [row.name for row in rows if not row.runs]
     if missing:
-        lines += ["", f"Rows without runs: {', '.join(missing)} (k2c rows need `captions.k2c_model`; see the table file)."]
+        lines += ["", f"Rows without runs: {', '.join(missing)} (see `python -m clap.experiments list` for why a row is not runnable)."]
     return "\n".join(lines) + "\n"
 
 
