@@ -85,7 +85,7 @@ TOY_DVC = {
 }
 TOY_PARAMS = {"scale": 2, "prepare": {"n": 3}, "square": {"source": "."}}
 TOY_STAGES = ["prepare", "square", "side", "report"]
-DATA_STAGES = ["corpus", "ingest", "normalize", "captions", "shards"]
+DATA_STAGES = ["corpus", "ingest", "normalize", "k2c_model", "captions", "shards"]
 
 
 def write_toy_pipeline(root: Path) -> None:
