@@ -4,8 +4,8 @@ The same small pipeline (a chain of ``--stages`` trivial stages, so that only ov
 is run three ways, each on a fresh copy, first cold (every stage runs) then again with nothing to do:
 
   1. ``dvc repro``: one DVC process for the whole pipeline (the baseline);
-  2. ``clap.orchestrate``: ``dvc dag`` then ``dvc repro --single-item <stage>`` per stage, as the
-     flow's tasks do, without Prefect;
+  2. ``clap.orchestrate``: the stage order from DVC's Python API, then per stage ``Repo.status``
+     and, for a changed stage, ``dvc repro --single-item <stage>``, as the flow's tasks do, without Prefect;
   3. the flow ``clap`` called in this process against a local Prefect server (its start-up and a
      warm-up run are excluded), with one task per stage and the metrics artifact.
 
