@@ -300,6 +300,47 @@ def test_laion_bare_state_dict_without_prefix_loads(tokenizer_dir: str, tmp_path
                                atol=1e-5, rtol=0)
 
 
+def laion_pann_state_dict(cnn: torch.nn.Module, fusion_type: str = "aff_2d") -> dict[str, torch.Tensor]:
+    """A LAION-CLAP PANN checkpoint: the tiny HTS-AT one's text tower and front-end buffers, with
+    ``cnn``'s weights (randomised, batch-norm statistics included) as its audio branch."""
+    state = {k: v for k, v in laion_state_dict(tiny_hf_clap(False), False).items()
+             if not k.startswith("module.audio_branch.") or "_extractor." in k}
+    generator = torch.Generator().manual_seed(5)
+    for key, value in cnn.state_dict().items():
+        if value.is_floating_point():
+            value = torch.rand(value.shape, generator=generator) + 0.5 if "running_var" in key else \
+                torch.randn(value.shape, generator=generator) * 0.2
+        state["module.audio_branch." + key] = value
+    if fusion_type == "iaff_2d":
+        state["module.audio_branch.fusion_model.local_att2.0.weight"] = torch.randn(4, 16, 1, 1)
+    width = state["module.audio_projection.0.weight"].shape[0]
+    state["module.audio_projection.0.weight"] = torch.randn(width, cnn.embed_dim, generator=generator)
+    return state
+
+
+def test_laion_pann_fusion_checkpoint_loads_and_embeds_like_its_network(tokenizer_dir: str, tmp_path: Path) -> None:
+    """A PANN aff_2d checkpoint (the reference's mel_conv2d / fusion_model names) loads strictly as a
+    fusion model; its audio tower gives the source network's outputs, long clips fused."""
+    from clap.model.pann import PannCnn
+
+    torch.manual_seed(0)
+    source = PannCnn(channels=[8, 16, 32, 64], pool=[[2, 2]] * 4, embed_dim=48, fusion=True)
+    state = laion_pann_state_dict(source)
+    path = save_laion(tmp_path / "pann-fusion.pt", state)
+    model = load_model(path, tokenizer=tokenizer_dir, text_overrides={"config": {"num_attention_heads": 2}})
+    assert model.config.fusion and model.audio_encoder.config["family"] == "pann"
+    assert model.audio_encoder.config["input_pool"] == [1, 1]
+    source.load_state_dict({k.removeprefix("module.audio_branch."): v for k, v in state.items()
+                            if k.startswith("module.audio_branch.") and "_extractor." not in k})
+    source.eval()
+    x = torch.randn(2, 4, 1001, 64) * 10 - 40
+    longer = torch.tensor([True, False])
+    with torch.no_grad():
+        torch.testing.assert_close(model.audio_encoder(x, longer), source(x, longer))
+    with pytest.raises(CheckpointError, match="other than aff_2d"):
+        load_model(save_laion(tmp_path / "iaff.pt", laion_pann_state_dict(source, "iaff_2d")), tokenizer=tokenizer_dir)
+
+
 def test_laion_extra_or_missing_key_is_an_error_listing_it(tokenizer_dir: str, tmp_path: Path) -> None:
     state = laion_state_dict(tiny_hf_clap(False), False)
     extra = dict(state, **{"module.audio_branch.layers.0.blocks.0.attn.extra_scale": torch.ones(1)})

@@ -46,7 +46,7 @@ def fusion_model() -> ClapModel:
 # -- presets --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "width"), [("htsat-tiny", 768), ("htsat-base", 1024), ("pann-cnn14", 2048), ("pann-cnn10", 512),
-                        ("htsat-cpu", 256), ("pann-cpu", 128)],
+                        ("htsat-cpu", 256), ("pann-cpu", 256)],
 )
 def test_audio_presets_have_the_paper_widths(name: str, width: int) -> None:
     encoder = build_audio_encoder(name)
@@ -132,9 +132,41 @@ def test_fusion_uses_local_views_only_for_longer_clips(fusion_model: ClapModel) 
     assert float((long[0] - long[1]).abs().max()) > 1e-4
 
 
-def test_pann_refuses_fusion_with_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="feature fusion is implemented for HTS-AT encoders only"):
-        ClapModel(tiny_config(audio_encoder="pann-cpu", audio_overrides={}, fusion=True))
+def test_pann_fusion_has_the_reference_shape_for_cnn14() -> None:
+    """The reference's PANN aff_2d: local views through Conv2d(1, 64, (5, 5), stride (6, 2), padding
+    (2, 2)) + batch norm + ReLU, merged after the first conv block by AFF with r = 4."""
+    cnn = build_audio_encoder("pann-cnn14", fusion=True).cnn
+    conv = cnn.mel_conv2d[0]
+    assert (conv.in_channels, conv.out_channels) == (1, 64)
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((5, 5), (6, 2), (2, 2))
+    assert isinstance(cnn.mel_conv2d[1], torch.nn.BatchNorm2d) and isinstance(cnn.mel_conv2d[2], torch.nn.ReLU)
+    assert cnn.fusion_model.local_att[0].out_channels == 16  # 64 / r
+
+
+@pytest.mark.parametrize("overrides", [{}, {"input_pool": [2, 2]}, {"input_pool": [1, 1], "pool": [[2, 2]] * 4}])
+def test_pann_fusion_uses_local_views_only_for_long_clips(overrides: dict) -> None:
+    torch.manual_seed(0)
+    model = ClapModel(tiny_config(audio_encoder="pann-cpu", audio_overrides=overrides, fusion=True)).eval()
+    x = mel(2, channels=4)
+    changed = x.clone()
+    changed[:, 1:] += 5.0  # other local views, same global view
+    with torch.no_grad():
+        short = [model.encode_audio(v, torch.tensor([False, False])) for v in (x, changed)]
+        long = [model.encode_audio(v, torch.tensor([True, False])) for v in (x, changed)]
+    torch.testing.assert_close(short[0], short[1])
+    assert float((long[0][0] - long[1][0]).abs().max()) > 1e-4  # the long clip sees its local views
+    torch.testing.assert_close(long[0][1], long[1][1])  # the short one does not
+    model.train()
+    tokens = model.tokenize(["a", "b"])
+    out = model(x, torch.tensor([False, False]), tokens["input_ids"], tokens["attention_mask"])
+    (out.audio_embeds * out.text_embeds).sum().backward()
+    assert model.audio_encoder.cnn.fusion_model.local_att[0].weight.grad is not None  # trained on every batch
+
+
+def test_pann_fusion_needs_is_longer() -> None:
+    model = ClapModel(tiny_config(audio_encoder="pann-cpu", audio_overrides={}, fusion=True))
+    with pytest.raises(ValueError, match="needs is_longer"):
+        model.audio_encoder(mel(2, channels=4), None)
 
 
 @pytest.mark.parametrize("augment", [True, False])

@@ -3,7 +3,8 @@
 * HTS-AT comes from transformers (``ClapAudioModel``: the Swin layers, the mel-to-image folding and
   the ``aff_2d`` feature fusion of the reference); the clip embedding is its pooled output (average
   of the last stage's tokens).
-* PANN CNN14/CNN10 is :class:`clap.model.pann.PannCnn`.
+* PANN CNN14/CNN10 is :class:`clap.model.pann.PannCnn` (with the reference's ``aff_2d`` fusion after
+  its first conv block).
 
 Both apply the reference's training-time SpecAugment (two stripes of up to 64 frames and two of up
 to 8 mel bins set to zero, after the input batch norm) when their preset says ``spec_augment``.
@@ -62,6 +63,23 @@ def _check_features(name: str, input_features: Tensor, channels: int, mel_bins: 
         )
 
 
+def fusion_flags(name: str, is_longer: Tensor | None, training: bool, device: torch.device) -> Tensor:
+    """The ``is_longer`` flags [B] (bool) a fusion tower uses. As the reference does, the fusion branch
+    trains on every batch: in training, with fewer than two long clips in the batch, short items (whose
+    4 channels hold the same mel) go through it too. At least two, because the fusion block's batch
+    norm cannot train on a single item (the reference's large batches nearly always hold several long
+    clips). In eval mode the flags are used as given."""
+    if is_longer is None:
+        raise ValueError(f"audio encoder '{name}': a fusion model needs is_longer [batch] (bool)")
+    is_longer = is_longer.reshape(-1).to(device=device, dtype=torch.bool)
+    if training and len(is_longer) > 1 and int(is_longer.sum()) < 2:
+        is_longer = is_longer.clone()
+        short = torch.nonzero(~is_longer).reshape(-1)
+        need = 2 - int(is_longer.sum())
+        is_longer[short[torch.randperm(len(short))[:need]]] = True
+    return is_longer
+
+
 class HtsatAudioEncoder(nn.Module):
     """HTS-AT through ``transformers.ClapAudioModel``; ``output_dim`` = embed width x 2^(stages-1)."""
 
@@ -94,43 +112,29 @@ class HtsatAudioEncoder(nn.Module):
     def forward(self, input_features: Tensor, is_longer: Tensor | None = None) -> Tensor:
         _check_features(self.name, input_features, 4 if self.fusion else 1, int(self.config["num_mel_bins"]))
         if self.fusion:
-            if is_longer is None:
-                raise ValueError(f"audio encoder '{self.name}': a fusion model needs is_longer [batch] (bool)")
-            is_longer = is_longer.reshape(-1).to(device=input_features.device, dtype=torch.bool)
-            if self.training and len(is_longer) > 1 and int(is_longer.sum()) < 2:
-                # As the reference does, train the fusion branch on every batch: with no long clip in
-                # the batch, items whose 4 channels hold the same mel go through it anyway. At least
-                # two, because the fusion block's batch norm cannot train on a single item (the
-                # reference's large batches nearly always hold several long clips).
-                is_longer = is_longer.clone()
-                short = torch.nonzero(~is_longer).reshape(-1)
-                need = 2 - int(is_longer.sum())
-                is_longer[short[torch.randperm(len(short))[:need]]] = True
+            is_longer = fusion_flags(self.name, is_longer, self.training, input_features.device)
         out = self.htsat(input_features=input_features, is_longer=is_longer if self.fusion else None)
         return out.pooler_output
 
 
 class PannAudioEncoder(nn.Module):
-    """PANN CNN tower; ``output_dim`` = ``embed_dim`` of its ``fc1``. No feature fusion."""
+    """PANN CNN tower; ``output_dim`` = ``embed_dim`` of its ``fc1``."""
 
     def __init__(self, name: str, config: dict[str, Any], fusion: bool) -> None:
         super().__init__()
-        if fusion:
-            raise ValueError(
-                f"audio encoder '{name}': feature fusion is implemented for HTS-AT encoders only; "
-                "set fusion: false or choose an htsat-* audio encoder"
-            )
-        self.name, self.config, self.fusion = name, config, False
-        self.cnn = pann_from_config(config)
+        self.name, self.config, self.fusion = name, config, fusion
+        self.cnn = pann_from_config(config, fusion=fusion)
         self.output_dim = self.cnn.embed_dim
         self.spec_augment = SpecAugment() if config.get("spec_augment", False) else None
 
     def forward(self, input_features: Tensor, is_longer: Tensor | None = None) -> Tensor:
-        _check_features(self.name, input_features, 1, int(self.config.get("num_mel_bins", 64)))
+        _check_features(self.name, input_features, 4 if self.fusion else 1, int(self.config.get("num_mel_bins", 64)))
+        if self.fusion:
+            is_longer = fusion_flags(self.name, is_longer, self.training, input_features.device)
         x = self.cnn.normalize_mel(input_features)
         if self.spec_augment is not None:
             x = self.spec_augment(x)
-        return self.cnn.forward_normalized(x)
+        return self.cnn.forward_normalized(x, is_longer if self.fusion else None)
 
 
 AUDIO_FAMILIES: dict[str, type[nn.Module]] = {"htsat": HtsatAudioEncoder, "pann": PannAudioEncoder}

