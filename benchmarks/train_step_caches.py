@@ -1,7 +1,7 @@
 """Milliseconds per training sample with and without the training-step caches, side by side in one run.
 
-The embedded default's step (htsat-cpu + frozen MiniLM, batch 16, one process) on the pipeline's
-real training shards, in four rows:
+The embedded default's step (params.yaml's audio encoder, pann-cpu, or ``--audio-encoder``; frozen
+MiniLM; batch 16; one process) on the pipeline's real training shards, in four rows:
 
 * ``none``: the streaming data path (decode FLAC, mel of every clip at every step) and captions
   through the frozen MiniLM at every step, padded to 77 tokens (the code before the caches);
@@ -18,7 +18,7 @@ time covers everything a worker does per step: data, features, both towers, loss
 ``ms_per_sample_steady`` leaves out the set-up and the first pass's cache misses (median step of
 the second half). CPU time (process time) is recorded beside wall time.
 
-    python -m benchmarks.train_step_caches [--shards data/shards] [--steps 80] [--threads 1]
+    python -m benchmarks.train_step_caches [--shards data/shards] [--steps 80] [--threads 1] [--audio-encoder htsat-cpu]
 
 Writes benchmarks/results/train_step_caches.json and prints a markdown table.
 """
@@ -106,12 +106,20 @@ class Row:
         }
 
 
+def default_audio_encoder() -> str:
+    """The embedded default's audio preset (params.yaml next to this repository's benchmarks/)."""
+    import yaml
+
+    return str(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["audio_encoder"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", default="data/shards", help="the shards stage's output (dvc repro shards)")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--audio-encoder", default=None, help="audio preset (default: params.yaml's audio_encoder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,7 +131,8 @@ def main() -> None:
 
     if not (Path(args.shards) / "index.json").is_file():
         raise SystemExit(f"{args.shards}/index.json not found: build the shards first (dvc repro shards) or pass --shards")
-    config = TrainConfig(audio_encoder="htsat-cpu", text_encoder="minilm", freeze_text=True, batch_size=args.batch,
+    audio_encoder = args.audio_encoder or default_audio_encoder()
+    config = TrainConfig(audio_encoder=audio_encoder, text_encoder="minilm", freeze_text=True, batch_size=args.batch,
                          shard_root=str(Path(args.shards).resolve()))
     loop = loop_config(config)
     load_before = os.getloadavg()
@@ -139,7 +148,8 @@ def main() -> None:
         for r in results:
             r[name] = round(results[0][key] / r[key], 2)
     payload = {
-        "what": "ms per training sample, htsat-cpu + frozen MiniLM, one process; rows round-robin",
+        "what": f"ms per training sample, {audio_encoder} + frozen MiniLM, one process; rows round-robin",
+        "audio_encoder": audio_encoder,
         "steps": args.steps, "batch": args.batch, "threads": args.threads, "train_sets": config.train_sets,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -106,17 +106,21 @@ def skip_reason(row: ExperimentRow) -> str:
 
 
 def queue_rows(rows: list[ExperimentRow], repo: Path, targets: Sequence[str] = ()) -> list[str]:
-    """``dvc exp run --queue`` for every runnable row (overrides already merged); the others are named.
+    """``dvc exp run --queue`` (DVC's Python API) for every runnable row (overrides already merged); the
+    others are named.
     ``targets``: the stages to reproduce (with what they need); default the whole pipeline."""
+    from dvc.repo import Repo
+
     queued = []
-    for row in rows:
-        if not row.runnable:
-            print(f"skip {row.experiment_name}: {skip_reason(row)}", file=sys.stderr)
-            continue
-        cmd = ["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *set_args(row.overrides or {}), *targets]
-        print(" ".join(cmd))
-        subprocess.run(cmd, cwd=repo, check=True)
-        queued.append(row.experiment_name)
+    with Repo(str(repo)) as dvc_repo:  # one DVC session for all rows: no interpreter start per row
+        for row in rows:
+            if not row.runnable:
+                print(f"skip {row.experiment_name}: {skip_reason(row)}", file=sys.stderr)
+                continue
+            args = set_args(row.overrides or {})
+            print(shlex.join(["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *args, *targets]), flush=True)
+            dvc_repo.experiments.run(targets=list(targets), params=args[1::2], queue=True, name=row.experiment_name)
+            queued.append(row.experiment_name)
     return queued
 
 
