@@ -108,9 +108,9 @@ class Row:
 
 def default_audio_encoder() -> str:
     """The embedded default's audio preset (params.yaml next to this repository's benchmarks/)."""
-    import yaml
+    from clap.params import load_params
 
-    return str(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["audio_encoder"])
+    return str(load_params(Path(__file__).resolve().parents[1] / "params.yaml")["audio_encoder"])
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from clap.overrides import dotted_keys, set_args
+from clap.overrides import dotted_keys, set_args, set_values
 
 
 @dataclass
@@ -117,9 +117,10 @@ def queue_rows(rows: list[ExperimentRow], repo: Path, targets: Sequence[str] = (
             if not row.runnable:
                 print(f"skip {row.experiment_name}: {skip_reason(row)}", file=sys.stderr)
                 continue
-            args = set_args(row.overrides or {})
-            print(shlex.join(["dvc", "exp", "run", "--queue", "--name", row.experiment_name, *args, *targets]), flush=True)
-            dvc_repo.experiments.run(targets=list(targets), params=args[1::2], queue=True, name=row.experiment_name)
+            values = set_values(row.overrides or {})
+            print(shlex.join(["dvc", "exp", "run", "--queue", "--name", row.experiment_name,
+                              *set_args(row.overrides or {}), *targets]), flush=True)
+            dvc_repo.experiments.run(targets=list(targets), params=values, queue=True, name=row.experiment_name)
             queued.append(row.experiment_name)
     return queued
 

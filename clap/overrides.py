@@ -62,11 +62,16 @@ def format_value(value: Any) -> str:
     return json.dumps(value)  # numbers, booleans, null
 
 
-def set_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``{"fusion": True, "train": {"epochs": 2}}`` -> ``["-S", "fusion=true", "-S", "train.epochs=2"]``."""
-    args: list[str] = []
+def set_values(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"fusion": True, "train": {"epochs": 2}}`` -> ``["fusion=true", "train.epochs=2"]`` (what ``-S`` takes)."""
+    values: list[str] = []
     for key, value in flatten(overrides).items():
         if not key or "=" in key or key.startswith(".") or key.endswith("."):
             raise ValueError(f"overrides: {key!r} is not a params key (use dotted names like 'train.epochs')")
-        args += ["-S", f"{key}={format_value(value)}"]
-    return args
+        values.append(f"{key}={format_value(value)}")
+    return values
+
+
+def set_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"fusion": True, "train": {"epochs": 2}}`` -> ``["-S", "fusion=true", "-S", "train.epochs=2"]``."""
+    return [arg for value in set_values(overrides) for arg in ("-S", value)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clap.experiments import ExperimentRow, check_overrides, load_table, main, set_args
+from clap.experiments import ExperimentRow, check_overrides, load_table, main, set_args, set_values
 from tests.repo_copy import REPO_ROOT, committed_params, copy_repo, run
 
 TABLES = sorted((REPO_ROOT / "experiments").glob("table*.yaml"))
@@ -59,7 +59,9 @@ def test_set_args_read_back_unchanged_by_dvc(key: str, tmp_path: Path) -> None:
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({key: "placeholder"}))
-    apply_overrides(params, set_args({key: TRICKY_VALUES[key]})[1::2])
+    values = set_values({key: TRICKY_VALUES[key]})  # what the queue hands DVC's Python API
+    assert set_args({key: TRICKY_VALUES[key]}) == ["-S", *values]  # and the `dvc exp run -S` line it prints
+    apply_overrides(params, values)
     assert yaml.safe_load(params.read_text())[key] == TRICKY_VALUES[key]
 
 

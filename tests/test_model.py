@@ -121,13 +121,20 @@ def test_wrong_feature_channels_are_a_clear_error(model: ClapModel, fusion_model
         fusion_model.encode_audio(mel(1, channels=1), torch.tensor([False]))
 
 
-def test_fusion_uses_local_views_only_for_longer_clips(fusion_model: ClapModel) -> None:
+@torch.no_grad()
+def embeddings_with_other_local_views(model: ClapModel, longer: list[bool]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Embeddings of 2 fusion inputs and of the same inputs with other local views (same global view):
+    (both flagged short, both flagged with ``longer``)."""
     x = mel(2, channels=4)
     changed = x.clone()
-    changed[:, 1:] += 5.0  # other local views, same global view
-    with torch.no_grad():
-        short = [fusion_model.encode_audio(v, torch.tensor([False, False])) for v in (x, changed)]
-        long = [fusion_model.encode_audio(v, torch.tensor([True, True])) for v in (x, changed)]
+    changed[:, 1:] += 5.0
+    short = [model.encode_audio(v, torch.tensor([False, False])) for v in (x, changed)]
+    long = [model.encode_audio(v, torch.tensor(longer)) for v in (x, changed)]
+    return short, long
+
+
+def test_fusion_uses_local_views_only_for_longer_clips(fusion_model: ClapModel) -> None:
+    short, long = embeddings_with_other_local_views(fusion_model, [True, True])
     torch.testing.assert_close(short[0], short[1])
     assert float((long[0] - long[1]).abs().max()) > 1e-4
 
@@ -147,18 +154,13 @@ def test_pann_fusion_has_the_reference_shape_for_cnn14() -> None:
 def test_pann_fusion_uses_local_views_only_for_long_clips(overrides: dict) -> None:
     torch.manual_seed(0)
     model = ClapModel(tiny_config(audio_encoder="pann-cpu", audio_overrides=overrides, fusion=True)).eval()
-    x = mel(2, channels=4)
-    changed = x.clone()
-    changed[:, 1:] += 5.0  # other local views, same global view
-    with torch.no_grad():
-        short = [model.encode_audio(v, torch.tensor([False, False])) for v in (x, changed)]
-        long = [model.encode_audio(v, torch.tensor([True, False])) for v in (x, changed)]
+    short, long = embeddings_with_other_local_views(model, [True, False])
     torch.testing.assert_close(short[0], short[1])
     assert float((long[0][0] - long[1][0]).abs().max()) > 1e-4  # the long clip sees its local views
     torch.testing.assert_close(long[0][1], long[1][1])  # the short one does not
     model.train()
     tokens = model.tokenize(["a", "b"])
-    out = model(x, torch.tensor([False, False]), tokens["input_ids"], tokens["attention_mask"])
+    out = model(mel(2, channels=4), torch.tensor([False, False]), tokens["input_ids"], tokens["attention_mask"])
     (out.audio_embeds * out.text_embeds).sum().backward()
     assert model.audio_encoder.cnn.fusion_model.local_att[0].weight.grad is not None  # trained on every batch
 

@@ -199,7 +199,9 @@ def infer_pann(branch: dict[str, Tensor], source: str) -> tuple[str, dict[str, A
     pool = [[2, 2]] * len(channels)
     if len(channels) == 6:
         pool[-1] = [1, 1]
-    overrides = {"channels": channels, "pool": pool, "embed_dim": embed, "input_pool": [1, 1]}
+    # the reference's network whatever preset its widths match: no input pooling, PANN's dropout
+    overrides = {"channels": channels, "pool": pool, "embed_dim": embed, "input_pool": [1, 1],
+                 "block_dropout": 0.2, "embed_dropout": 0.5}
     name = next(
         (n for n, p in AUDIO_PRESETS.items() if p["family"] == "pann" and p["channels"] == channels
          and p["embed_dim"] == embed),

@@ -27,7 +27,6 @@ attentional feature fusion (``fusion_model``). The reference's kernel (5, 5), st
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from types import SimpleNamespace
 
 import torch
