@@ -4,6 +4,7 @@ under the attention mask, and the cached data mode covers every clip once per pa
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -188,3 +189,108 @@ def test_ray_training_in_cached_mode_with_a_frozen_text_tower(tmp_path: Path) ->
     for key, value in initial.text_encoder.state_dict().items():
         assert torch.equal(trained.text_encoder.state_dict()[key], value), key
     assert not torch.equal(trained.text_projection.linear1.weight, initial.text_projection.linear1.weight)
+
+
+def _toy_tower(seed: int):
+    torch.manual_seed(seed)
+    return build_text_encoder("tiny-bert", load_weights=False).eval()
+
+
+def test_a_saved_text_table_is_preloaded_only_by_the_same_tower(tmp_path: Path, caplog) -> None:
+    tower = _toy_tower(0)
+    built = FrozenTextCache(tower, "cpu", batch_size=3)
+    expected = built.features(CAPTIONS)
+    built.save(tmp_path / "text", text_encoder_name="tiny-bert")
+
+    same = FrozenTextCache(tower, "cpu")
+    assert same.preload(tmp_path / "text") and len(same) == len(CAPTIONS)
+    assert torch.equal(same.features(CAPTIONS[::-1]), expected.flip(0))
+    assert same.encoded == 0  # every caption came from the table
+    new = same.features(["a cat purrs"])  # a caption the table lacks is encoded on first use
+    assert same.encoded == 1
+    with torch.no_grad():
+        assert torch.allclose(new, tower(**tower.tokenize(["a cat purrs"])), atol=1e-5)
+
+    other = _toy_tower(1)  # other weights: the table must not be used
+    caplog.clear()
+    foreign = FrozenTextCache(other, "cpu")
+    assert not foreign.preload(tmp_path / "text")
+    assert "another text tower" in caplog.text and str(tmp_path / "text") in caplog.text
+    with torch.no_grad():
+        assert torch.allclose(foreign.features(CAPTIONS), other(**other.tokenize(CAPTIONS)), atol=1e-5)
+    assert foreign.encoded == len(CAPTIONS)
+
+    (tmp_path / "text" / "features.safetensors").write_bytes(b"not a table")
+    caplog.clear()
+    assert not FrozenTextCache(tower, "cpu").preload(tmp_path / "text")
+    assert "not used" in caplog.text
+
+
+def test_tower_fingerprint_ignores_the_last_tokenizer_call_but_not_the_length_limit() -> None:
+    from clap.train.text_cache import text_tower_fingerprint
+
+    tower = _toy_tower(0)
+    before = text_tower_fingerprint(tower)
+    tower.tokenize(CAPTIONS)  # a fast tokenizer keeps the last call's padding/truncation settings
+    tokenize_to_longest(tower, CAPTIONS[:1])
+    assert text_tower_fingerprint(tower) == before
+    assert text_tower_fingerprint(_toy_tower(0)) == before
+    tower.max_length = 32
+    assert text_tower_fingerprint(tower) != before
+
+
+def _stage_params(tmp_path: Path, shard_root: Path, **train: object) -> Path:
+    import yaml
+
+    from clap.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params.update(text_encoder="tiny-bert", caption_augmentation="none", train_sets=["toy"])
+    params["train"].update(shard_root=str(shard_root), val_set="toy/val", **train)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_text_features_stage_writes_the_table_a_training_run_preloads(tmp_path: Path) -> None:
+    """The stage encodes every training caption with the tower the run builds (here a saved
+    'pretrained' tiny BERT); a run's objective, seeded differently, takes it and encodes nothing."""
+    from clap.params import load_params
+    from clap.stages import text_features
+    from clap.train.cached_data import cached_train_batches
+    from clap.train.config import TrainConfig
+    from clap.train.objectives import ContrastiveObjective
+    from clap.train.trainer import loop_config
+
+    root = write_toy_shards(tmp_path / "toy", per_class={"train": 2, "val": 1})
+    _toy_tower(5).model.save_pretrained(tmp_path / "bert")
+    params = _stage_params(tmp_path, root, text_pretrained=str(tmp_path / "bert"), freeze_text=True)
+    assert text_features.main(["--params", str(params), "--out", str(tmp_path / "text")]) == 0
+    table = json.loads((tmp_path / "text" / "captions.json").read_text())
+    train_captions = {caption for meta in _train_metas(root) for caption in meta["text"]}
+    assert set(table["captions"]) == train_captions and len(table["captions"]) == len(train_captions)
+
+    losses = []
+    for preload in (True, False):
+        config = TrainConfig.from_params(load_params(params))
+        loop = loop_config(config)
+        loop["text_features"] = str(tmp_path / "text") if preload else None
+        objective = ContrastiveObjective(loop)
+        torch.manual_seed(123)
+        core = objective.build().train()
+        batch = next(cached_train_batches(loop["train_urls"], batch_size=4, target=objective.target, seed=0,
+                                          rank=0, world_size=1, fusion=False))
+        losses.append(objective.loss(core, core, batch.features, batch.targets, torch.device("cpu"),
+                                     torch.Generator().manual_seed(0)))
+        assert objective.text_cache.encoded == (0 if preload else len(set(batch.targets)))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+    frozen_off = _stage_params(tmp_path, root, text_pretrained=str(tmp_path / "bert"), freeze_text=False)
+    assert text_features.main(["--params", str(frozen_off), "--out", str(tmp_path / "none")]) == 0
+    assert json.loads((tmp_path / "none" / "captions.json").read_text())["captions"] == []
+
+
+def _train_metas(root: Path) -> list[dict]:
+    from clap.data.shards import iter_shard_samples
+
+    return [meta for _, _, _, meta in iter_shard_samples(shard_urls(root, ["toy"], "train"))]

@@ -35,6 +35,14 @@ from torch import Tensor, nn
 from transformers.models.clap.modeling_clap import ClapAudioAFFBlock
 
 
+def _conv_channels_last(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` with the weight viewed channels-last, like ``x``: the same values (the parameter
+    itself keeps its layout, so checkpoints and safetensors are unchanged), but oneDNN's CPU kernels
+    run the pann-cpu tower's forward + backward about 20 % faster this way (16-128 channels)."""
+    weight = conv.weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class PannConvBlock(nn.Module):
     """Two 3x3 conv + batch norm + ReLU layers, then average pooling."""
 
@@ -49,8 +57,9 @@ class PannConvBlock(nn.Module):
             nn.init.xavier_uniform_(conv.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.bn1(_conv_channels_last(self.conv1, x)))
+        x = F.relu(self.bn2(_conv_channels_last(self.conv2, x)))
         if self.pool != (1, 1):
             x = F.avg_pool2d(x, kernel_size=self.pool)
         return x

@@ -7,6 +7,7 @@ the loss curve to reports/train/.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from clap.params import load_params
@@ -20,10 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("train", __doc__)
     parser.add_argument("--model-out", default="data/models/clap")
     parser.add_argument("--reports", default="reports/train")
+    parser.add_argument("--text-features", default=None,
+                        help="the text_features stage's table (a frozen text tower's outputs per caption)")
     args = parser.parse_args(argv)
 
     def work() -> None:
         config = TrainConfig.from_params(load_params(args.params))
+        if args.text_features:
+            config = replace(config, text_features=args.text_features)
         try:
             result = run_training(config, Path(args.model_out))
         finally:

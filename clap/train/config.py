@@ -43,6 +43,7 @@ class TrainConfig:
     feature_cache_dtype: str = "float16"  # storage of cached training mels (data_mode: cached)
     freeze_audio: bool = False
     freeze_text: bool = False
+    text_features: str | None = None     # a frozen text tower's outputs per caption (the text_features stage's folder)
     init_checkpoint: str | None = None   # a LAION .pt, a transformers CLAP dir, or one of our model dirs
     audio_pretrained: str | None = None  # initial audio tower (AudioSet HTS-AT/PANN checkpoint, LAION .pt...)
     text_pretrained: str | None = None   # initial text tower (transformers folder or cached hub name)

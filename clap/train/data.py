@@ -89,6 +89,26 @@ def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random)
     return None
 
 
+def training_captions(urls: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Every distinct caption of the allowed ``kinds`` in the shards' metadata (their json members;
+    the audio is not decoded), in first-seen order: all a training run's steps can draw."""
+    import webdataset as wds  # noqa: PLC0415
+
+    from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
+
+    register_webdataset_s3()
+    seen: dict[str, None] = {}
+    dataset = wds.WebDataset(list(urls), shardshuffle=False, nodesplitter=None, empty_check=False)
+    for sample in dataset:
+        if "json" not in sample:
+            raise ValueError(f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}: sample has no json member")
+        meta = json.loads(sample["json"])
+        for kind in kinds:
+            texts = meta.get(CAPTION_FIELDS[kind]) or []
+            seen.update(dict.fromkeys([texts] if isinstance(texts, str) else texts))
+    return list(seen)
+
+
 # --------------------------------------------------------------------------- batches
 
 

@@ -39,7 +39,7 @@ class ContrastiveObjective:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.rng = random.Random(config["seed"])
-        self.text_cache = None  # a frozen text tower's outputs per caption (per run), filled by loss()
+        self.text_cache = None  # a frozen text tower's outputs per caption, preloaded (text_features) and filled by loss()
 
     def build(self) -> nn.Module:
         from clap.model.factory import create_training_model
@@ -61,7 +61,8 @@ class ContrastiveObjective:
         return pick_caption(meta, self.config["caption_kinds"], self.rng)
 
     def loss(self, model: nn.Module, core: nn.Module, waveforms, targets, device, generator) -> torch.Tensor:
-        """A frozen text tower's outputs come from a per-run cache (only the projection runs); a
+        """A frozen text tower's outputs come from a cache (only the projection runs) that starts from
+        ``config["text_features"]`` (the text_features stage's table, if it fits the tower); a
         trained one sees its captions padded to the batch's longest. ``model`` is
         :meth:`step_module`'s module (DDP-wrapped with several workers)."""
         from clap.model.loss import contrastive_loss
@@ -75,6 +76,8 @@ class ContrastiveObjective:
         if core.config.freeze_text:
             if self.text_cache is None:
                 self.text_cache = FrozenTextCache(core.text_encoder, device)
+                if self.config.get("text_features"):
+                    self.text_cache.preload(self.config["text_features"])
             text = {"text_features": self.text_cache.features(list(targets))}
         else:
             text = {k: v.to(device) for k, v in tokenize_to_longest(core.text_encoder, list(targets)).items()}

@@ -70,7 +70,7 @@ def loop_config(config: TrainConfig, step_hooks: Sequence[StepHook] = ()) -> dic
         step_hooks=list(step_hooks),
     )
     # Ray workers run in their own directories: hand them absolute paths to local weights
-    for key in ("init_checkpoint", "audio_pretrained", "text_pretrained"):
+    for key in ("init_checkpoint", "audio_pretrained", "text_pretrained", "text_features"):
         if loop.get(key) and Path(loop[key]).exists():
             loop[key] = str(Path(loop[key]).resolve())
     return loop
