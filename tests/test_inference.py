@@ -79,6 +79,20 @@ def test_embed_text_is_deterministic_and_unit_length(engine: ClapInference) -> N
     assert not torch.allclose(out[0], out[1])
 
 
+def test_embed_text_in_input_order_equals_the_77_token_path(engine: ClapInference) -> None:
+    """embed_text sorts texts by length and pads each batch to its longest: the embeddings are the
+    model's own on texts padded to 77 tokens, in the order given."""
+    texts = ["a much longer caption about rain falling on a tin roof while a car passes by", "bell",
+             "a dog barks twice", "wind", "an engine hums and then a siren wails in the distance"]
+    out = engine.embed_text(texts, batch_size=2)
+    model = engine.model
+    with torch.no_grad():
+        tokens = model.tokenize(texts)
+        assert tokens["input_ids"].shape[1] == 77
+        direct = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(out, direct, rtol=0, atol=1e-5)
+
+
 def test_zero_shot_probabilities(engine: ClapInference) -> None:
     clips = [(_noise_burst(2.0, SR, seed=7), SR), (_noise_burst(11.0, SR, seed=8), SR)]
     labels = ["dog", "rain", "engine"]

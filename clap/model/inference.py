@@ -207,13 +207,21 @@ class ClapInference:
             if not isinstance(text, str):
                 raise TypeError(f"text {i}: expected a string, got {type(text).__name__}")
         size = batch_size or max(self.batch_size, 64)
+        # shortest to longest, each batch padded to its own longest text: the same embeddings as
+        # padding everything to 77 tokens (the attention mask hides padding), for a fraction of the work
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[Tensor] = []
         with tqdm(total=len(texts), unit="text", desc="text", disable=not self.progress or not texts) as bar:
             for part in _batches(len(texts), size):
-                tokens = {k: v.to(self.device) for k, v in self.model.tokenize(texts[part]).items()}
+                batch = [texts[i] for i in order[part]]
+                tokens = {k: v.to(self.device) for k, v in self.model.tokenize(batch, padding="longest").items()}
                 out.append(self.model.encode_text(tokens["input_ids"], tokens.get("attention_mask")).float().cpu())
                 bar.update(part.stop - part.start)
-        return torch.cat(out) if out else torch.empty(0, self.model.config.embed_dim)
+        if not out:
+            return torch.empty(0, self.model.config.embed_dim)
+        embeddings = torch.empty(len(texts), out[0].shape[1])
+        embeddings[torch.tensor(order)] = torch.cat(out)
+        return embeddings
 
     @torch.no_grad()
     def zero_shot(

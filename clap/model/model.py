@@ -150,9 +150,10 @@ class ClapModel(nn.Module):
         """Unit-length text embeddings [B, embed_dim] of token ids [B, L] (see :meth:`tokenize`)."""
         return F.normalize(self.text_projection(self.text_encoder(input_ids, attention_mask)), dim=-1)
 
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        """The text tower's tokenizer, padded/truncated to ``max_text_length`` (77) tokens (CPU tensors)."""
-        return self.text_encoder.tokenize(texts)
+    def tokenize(self, texts: list[str], padding: str = "max_length") -> dict[str, Tensor]:
+        """The text tower's tokenizer, truncated to ``max_text_length`` (77) tokens and padded to it
+        (or, ``padding="longest"``, to the longest text) (CPU tensors)."""
+        return self.text_encoder.tokenize(texts, padding=padding)
 
     def forward(
         self, input_features: Tensor, is_longer: Tensor | None, input_ids: Tensor, attention_mask: Tensor | None = None

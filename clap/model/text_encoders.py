@@ -172,12 +172,17 @@ class TextEncoder(nn.Module):
     def tokenizer(self, value: Any) -> None:
         self._tokenizer = value
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """``input_ids`` and ``attention_mask`` [len(texts), max_length] (padded and truncated)."""
+    def tokenize(self, texts: Sequence[str], padding: str = "max_length") -> dict[str, Tensor]:
+        """``input_ids`` and ``attention_mask`` [len(texts), L], truncated at ``max_length``; L is
+        ``max_length`` (the reference's padding) or, with ``padding="longest"``, the longest text's
+        token count: the same pooled outputs under the attention mask (tests/test_train_caches.py),
+        for less work."""
         if isinstance(texts, str):
             raise TypeError("tokenize() takes a list of captions, not one string; wrap it: [text]")
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"tokenize(): padding must be 'max_length' or 'longest', got {padding!r}")
         encoded = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 

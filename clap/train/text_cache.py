@@ -71,10 +71,7 @@ def tokenize_to_longest(text_encoder: nn.Module, texts: Sequence[str]) -> dict[s
     (truncated at the tower's ``max_length``, 77), instead of always ``max_length``."""
     if isinstance(texts, str):
         raise TypeError("tokenize_to_longest() takes a list of captions, not one string; wrap it: [text]")
-    encoded = text_encoder.tokenizer(
-        list(texts), padding="longest", truncation=True, max_length=text_encoder.max_length, return_tensors="pt"
-    )
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    return text_encoder.tokenize(texts, padding="longest")
 
 
 class FrozenTextCache:
