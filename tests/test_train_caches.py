@@ -294,3 +294,28 @@ def _train_metas(root: Path) -> list[dict]:
     from clap.data.shards import iter_shard_samples
 
     return [meta for _, _, _, meta in iter_shard_samples(shard_urls(root, ["toy"], "train"))]
+
+
+def test_a_saved_text_table_is_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """Captions of equal length must not be chunked in string-hash order: two processes with different
+    PYTHONHASHSEED write byte-identical tables (DVC hashes the text_features stage's output)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from clap.model.text_encoders import build_text_encoder\n"
+        "from clap.train.text_cache import FrozenTextCache\n"
+        "torch.manual_seed(0)\n"
+        "tower = build_text_encoder('tiny-bert', load_weights=False).eval()\n"
+        "cache = FrozenTextCache(tower, 'cpu', batch_size=2)\n"
+        "cache.add([f'sound {c}' for c in 'abcdefghij'] + ['a dog barks', 'a cat meows', 'rain'])\n"
+        "cache.save(sys.argv[1])\n"
+    )
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / seed)], check=True, env=env, timeout=300)
+        outputs.append({name: (tmp_path / seed / name).read_bytes() for name in ("captions.json", "features.safetensors")})
+    assert outputs[0] == outputs[1]

@@ -153,7 +153,8 @@ class FrozenTextCache:
     @torch.no_grad()
     def add(self, captions: Sequence[str]) -> None:
         """Encode the captions not in the cache yet."""
-        missing = sorted({c for c in captions if c not in self._rows}, key=len)
+        # by length, then text: the same chunks in every process (a set's order follows string hash seeds)
+        missing = sorted({c for c in captions if c not in self._rows}, key=lambda c: (len(c), c))
         if not missing:
             return
         was_training = self.text_encoder.training
