@@ -10,7 +10,7 @@ MiniLM; batch 16; one process) on the pipeline's real training shards, in four r
   caption set and text tower (DVC restores it for every run that shares them); captions it lacks
   are encoded on first use. The benchmark builds that table once before the rows, as the stage
   does, and records the time (``text_features_build_s``): a one-off of the pipeline, not of a run;
-  a row's set-up includes loading it;
+  the row's objective loads it at its first step, as in training (counted in the run's total);
 * ``feature cache``: ``data_mode: cached`` - decode + mel once per clip, crops in mel frames
   (clap.train.cached_data);
 * ``both``: the two together (the default).
@@ -59,7 +59,7 @@ class Row:
     """One cache configuration: its own model, optimiser and batch stream."""
 
     def __init__(self, name: str, text_cache: bool, feature_cache: bool, loop: dict[str, Any],
-                 text_features: Path | None) -> None:
+                 text_features: Path) -> None:
         from clap.train.cached_data import cached_train_batches
         from clap.train.data import train_batches
         from clap.train.objectives import ContrastiveObjective
@@ -67,15 +67,10 @@ class Row:
         self.name, self.text_cache, self.feature_cache = name, text_cache, feature_cache
         torch.manual_seed(0)
         w0, c0 = time.perf_counter(), time.process_time()
-        self.objective = ContrastiveObjective(loop)
+        # the training code's own path: the objective preloads the table at its first step
+        self.objective = ContrastiveObjective({**loop, "text_features": str(text_features) if text_cache else None})
         self.model = self.objective.build().train()
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=loop["lr"])
-        if text_cache and text_features is not None:
-            from clap.train.text_cache import FrozenTextCache
-
-            self.objective.text_cache = FrozenTextCache(self.model.text_encoder, "cpu")
-            if not self.objective.text_cache.preload(text_features):
-                raise RuntimeError(f"{text_features}: the text feature table does not fit this text tower")
         self.generator = torch.Generator().manual_seed(0)
         common = dict(batch_size=loop["batch_size"], target=self.objective.target, seed=loop["seed"], rank=0,
                       world_size=1)
@@ -174,11 +169,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         text_features, build_s, captions = build_text_features(loop, Path(scratch) / "text")
         rows = [Row(name, text, feature, loop, text_features) for name, (text, feature) in ROWS.items()]
-    for step in range(args.steps):
-        if step % 10 == 0:
-            logger.info("step %d of %d", step, args.steps)
-        for row in rows:
-            row.step()
+        for step in range(args.steps):
+            if step % 10 == 0:
+                logger.info("step %d of %d", step, args.steps)
+            for row in rows:
+                row.step()
     results = [row.result(args.batch) for row in rows]
     for name, key in (("speedup_run", "ms_per_sample"), ("speedup_cpu", "cpu_ms_per_sample"),
                       ("speedup_steady", "ms_per_sample_steady")):

@@ -77,21 +77,26 @@ def shard_urls(shard_root: str | Path, sets: Sequence[str], split: str) -> list[
     return urls
 
 
-def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random) -> str | None:
-    """One caption per step: an original caption when the clip has one, else an augmented one of the
-    allowed kinds (the paper's Table 3 variants); None when the clip has no usable text."""
+def drawable_captions(meta: dict[str, Any], kinds: Sequence[str]) -> list[str]:
+    """The captions a training step may draw for a clip: its texts of the first allowed kind that has
+    any (original captions when the clip has them, else an augmented kind: the paper's Table 3
+    variants); empty when the clip has no usable text."""
     for kind in kinds:
         texts = meta.get(CAPTION_FIELDS[kind]) or []
-        if isinstance(texts, str):
-            texts = [texts]
         if texts:
-            return rng.choice(texts)
-    return None
+            return [texts] if isinstance(texts, str) else list(texts)
+    return []
+
+
+def pick_caption(meta: dict[str, Any], kinds: Sequence[str], rng: random.Random) -> str | None:
+    """One caption per step, drawn from :func:`drawable_captions`; None when the clip has none."""
+    texts = drawable_captions(meta, kinds)
+    return rng.choice(texts) if texts else None
 
 
 def training_captions(urls: Sequence[str], kinds: Sequence[str]) -> list[str]:
-    """Every distinct caption of the allowed ``kinds`` in the shards' metadata (their json members;
-    the audio is not decoded), in first-seen order: all a training run's steps can draw."""
+    """Every distinct caption a training step can draw from the shards (:func:`drawable_captions` of
+    each clip's metadata, read from the json members; the audio is not decoded), in first-seen order."""
     import webdataset as wds  # noqa: PLC0415
 
     from clap.data.wds_s3 import register_webdataset_s3  # noqa: PLC0415
@@ -102,10 +107,7 @@ def training_captions(urls: Sequence[str], kinds: Sequence[str]) -> list[str]:
     for sample in dataset:
         if "json" not in sample:
             raise ValueError(f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}: sample has no json member")
-        meta = json.loads(sample["json"])
-        for kind in kinds:
-            texts = meta.get(CAPTION_FIELDS[kind]) or []
-            seen.update(dict.fromkeys([texts] if isinstance(texts, str) else texts))
+        seen.update(dict.fromkeys(drawable_captions(json.loads(sample["json"]), kinds)))
     return list(seen)
 
 

@@ -109,7 +109,7 @@ class FrozenTextCache:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        captions = sorted(self._rows, key=self._rows.__getitem__)
+        captions = list(self._rows)  # rows are only ever appended: insertion order is row order
         save_file({"features": self._table.detach().to("cpu").contiguous()}, str(directory / FEATURES_FILE))
         (directory / CAPTIONS_FILE).write_text(json.dumps({
             "fingerprint": self.fingerprint, "text_encoder": text_encoder_name, "width": int(self._table.shape[1]),
